@@ -1,0 +1,65 @@
+"""`rft-ds` / `python -m rft_ds`: one argparse subcommand per pass.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets
+`func=<callable(args) -> int>`. Modules keep heavy imports (torch, deepspeed, transformers) inside
+their run functions so `rft-ds --help` and the data tools start fast.
+
+Under `deepspeed --module rft_ds ...` the launcher inserts `--local_rank=N` before the subcommand;
+the top-level parser accepts and ignores it (the rank comes from the LOCAL_RANK environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rft_ds.errors import RftDsError
+
+# Order is the order of `rft-ds --help`.
+COMMAND_MODULES = [
+    "rft_ds.tiny",          # tiny-model
+    "rft_ds.train_cli",     # train, shad-train
+    "rft_ds.label",         # label
+    "rft_ds.viz",           # view, plot
+    "rft_ds.convert",       # convert
+    "rft_ds.evaluate",      # evaluate
+    "rft_ds.memory",        # estimate-memory
+    "rft_ds.demo.generate", # demo-data
+    "rft_ds.demo.report",   # demo-report
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rft-ds",
+        description="SHAD token labeling + RFT loss (arXiv 2412.14780) on DeepSpeed ZeRO-3.",
+    )
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a command module not written yet
+            if e.name == name:
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RftDsError as e:
+        print(f"rft-ds {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Atomic file output: a crash never leaves a half-written file that looks whole.
+
+Every output the project writes goes through `atomic_write` (temp file in the same directory,
+fsync, rename) or `append_line` (one complete JSON line per call, flushed; `read_jsonl_tail_safe`
+drops a torn last line when a run resumes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temp file beside `path`; on clean exit fsync and rename it over `path`.
+
+    On any exception the temp file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def dumps_line(obj) -> str:
+    """The one JSON-lines encoding used for every file we write (compact, stable key order)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def append_line(path: str | os.PathLike, obj) -> None:
+    """Append one JSON line and flush it, so a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(dumps_line(obj))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl_tail_safe(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file we appended to; a torn (unterminated) last line is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn tail from a crash mid-write
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows

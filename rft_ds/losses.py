@@ -1,0 +1,99 @@
+"""Pure loss functions on tensors: token cross-entropy, SFT and RFT. No process group needed.
+
+Normalisation (why the global batch comes out exact):
+  A global batch is every micro-batch of every data-parallel rank in one optimizer step.
+  DeepSpeed averages the gradients over the W data-parallel ranks, and the engine calls
+  `backward(loss, scale_wrt_gas=False)` so DeepSpeed does not also divide by the accumulation
+  steps. So if rank r backpropagates, for micro-step m,
+        loss_bwd = W * part_{r,m} / D,
+  the gradient DeepSpeed applies is (1/W) sum_r sum_m W grad(part)/D = grad(sum part)/D:
+  the gradient of the global-batch objective, whatever W, micro-batch size and GA are.
+    SFT:          part = sum of token CE over the rank's loss tokens, D = loss tokens in the global batch.
+    RFT sample:   part = sum over the rank's samples of  w_b^i L_b^i + w_r^i L_r^i,  D = samples in the
+                  global batch (the paper's per-sample reading).
+    RFT batch:    the class sums of micro-step m are all-reduced so every rank knows the global
+                  S_b^m, n_b^m, S_r^m, n_r^m; w^m = softmax([S_b^m/n_b^m, S_r^m/n_r^m]/tau) and
+                  loss_m = w_b^m S_b^m / N_b + w_r^m S_r^m / N_r with N_b, N_r the class token counts
+                  of the whole step. Each rank evaluates loss_m on a "global surrogate"
+                  S = s_local + stopgrad(S_global - s_local): same value on every rank, and summing the
+                  ranks' gradients gives exactly d loss_m / d theta, also through w when weights are
+                  not detached. Backward uses W * loss_m.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BOILERPLATE, REASONING, UNLABELED = 0, 1, -1
+
+
+def chunked_token_ce(hidden: torch.Tensor, head, targets: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Cross-entropy (fp32, nats) of `targets` [N] given final hidden states [N, H] and the output
+    head, `chunk` positions at a time: never the [N, vocab] fp32 logits of the whole sequence at once."""
+    if hidden.shape[0] == 0:
+        # Keep the graph connected to the head so ZeRO-3 sees the same parameters on every rank.
+        return head(hidden).float().sum(-1)
+    out = []
+    for s in range(0, hidden.shape[0], chunk):
+        logits = head(hidden[s: s + chunk]).float()
+        out.append(F.cross_entropy(logits, targets[s: s + chunk], reduction="none"))
+    return torch.cat(out)
+
+
+def class_sums(ce: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """[sum_b, n_b, sum_r, n_r] of token losses by class (fp32, differentiable in the sums)."""
+    b, r = classes == BOILERPLATE, classes == REASONING
+    zero = ce.sum() * 0.0
+    return torch.stack([zero + (ce * b).sum(), b.sum().to(ce.dtype), zero + (ce * r).sum(), r.sum().to(ce.dtype)])
+
+
+def rft_combine(L_b: torch.Tensor, L_r: torch.Tensor, n_b: torch.Tensor, n_r: torch.Tensor, tau: float,
+                detach: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L = w_b L_b + w_r L_r with (w_b, w_r) = softmax([L_b, L_r] / tau), elementwise.
+
+    A class with no tokens (n == 0) drops out and the other gets weight 1; with no tokens at all the
+    loss is 0 (still connected to the graph). Returns (loss, w_b, w_r)."""
+    has_b, has_r = n_b > 0, n_r > 0
+    lb = torch.where(has_b, L_b, torch.zeros_like(L_b))
+    lr = torch.where(has_r, L_r, torch.zeros_like(L_r))
+    z = torch.stack([lb, lr], dim=-1) / tau
+    z = z.masked_fill(~torch.stack([has_b, has_r], dim=-1), float("-inf"))
+    z = torch.where(torch.isinf(z).all(dim=-1, keepdim=True), torch.zeros_like(z), z)  # no tokens at all
+    w = torch.softmax(z, dim=-1) * (has_b | has_r).unsqueeze(-1)
+    if detach:
+        w = w.detach()
+    w_b, w_r = w[..., 0], w[..., 1]
+    return w_b * lb + w_r * lr, w_b, w_r
+
+
+def rft_per_sample(ce: torch.Tensor, seg: torch.Tensor, classes: torch.Tensor, n_samples: int, tau: float,
+                   detach: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample RFT losses (the `sample` granularity).
+
+    ce, seg, classes: [N] token losses, the sample slot of each token, and its class (0/1; -1 tokens
+    are ignored). Returns (loss [S], w_b [S], w_r [S], has_tokens [S] bool)."""
+    zeros = ce.new_zeros(n_samples)
+    b, r = classes == BOILERPLATE, classes == REASONING
+    sum_b = zeros.index_add(0, seg, ce * b)
+    sum_r = zeros.index_add(0, seg, ce * r)
+    n_b = zeros.detach().index_add(0, seg, b.to(ce.dtype))
+    n_r = zeros.detach().index_add(0, seg, r.to(ce.dtype))
+    loss, w_b, w_r = rft_combine(sum_b / n_b.clamp(min=1), sum_r / n_r.clamp(min=1), n_b, n_r, tau, detach)
+    return loss, w_b, w_r, (n_b + n_r) > 0
+
+
+def rft_batch_micro(local: torch.Tensor, global_: torch.Tensor, step_n_b: float, step_n_r: float, tau: float,
+                    detach: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `batch` granularity's loss for one micro-step (see module docstring).
+
+    local: this rank's [sum_b, n_b, sum_r, n_r] (sums differentiable); global_: the same all-reduced
+    over ranks (detached). step_n_b/step_n_r: class token counts of the whole optimizer step.
+    Returns (loss_m, w_b, w_r); loss_m has the same value on every rank."""
+    g = global_.detach()
+    S_b = local[0] + (g[0] - local[0]).detach()
+    S_r = local[2] + (g[2] - local[2]).detach()
+    n_b, n_r = g[1], g[3]
+    _, w_b, w_r = rft_combine(S_b / n_b.clamp(min=1), S_r / n_r.clamp(min=1), n_b, n_r, tau, detach)
+    loss = w_b * S_b / max(step_n_b, 1.0) + w_r * S_r / max(step_n_r, 1.0)
+    return loss, w_b, w_r

@@ -1,0 +1,84 @@
+"""The masks JSONL schema: what the labeling pass writes and RFT reads. Readers and writers live
+here and nowhere else.
+
+One JSON object per line, in the order of the input data:
+    {"id": str,                       # the sample id (joined to the training data by id)
+     "tokenizer": str,                # tokenizer fingerprint (rft_ds.data.render.tokenizer_fingerprint)
+     "turns": [                       # one object per trained assistant message, in message order
+        {"message": int,              # index of the assistant message in the sample's messages
+         "token_ids": [int],          # that message's loss tokens after truncation (may be empty)
+         "labels": [0|1],             # 1 = reasoning (LD > margin), 0 = boilerplate
+         "loss_diff": [float]}]}      # LD = l_shad - l_base per token (nats, 6 decimals)
+A sidecar `<masks>.meta.json` records the base and SHAD models, data, tokenizer fingerprint,
+margin, max_seq_len and the command that made the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rft_ds.errors import MasksError
+
+
+def meta_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".meta.json")
+
+
+def make_record(sample_id: str, tokenizer_fp: str, turns: list[dict]) -> dict:
+    return {"id": sample_id, "tokenizer": tokenizer_fp, "turns": turns}
+
+
+def validate_record(rec, path: str, line: int) -> dict:
+    def bad(field, problem):
+        raise MasksError(f"{path}:{line}: field '{field}': {problem}")
+
+    if not isinstance(rec, dict):
+        bad("<line>", "must be a JSON object")
+    for key, typ in (("id", str), ("tokenizer", str), ("turns", list)):
+        if not isinstance(rec.get(key), typ):
+            bad(key, f"missing or not a {typ.__name__}")
+    for k, t in enumerate(rec["turns"]):
+        f = f"turns[{k}]"
+        if not isinstance(t, dict):
+            bad(f, "must be an object")
+        if not isinstance(t.get("message"), int):
+            bad(f + ".message", "missing or not an int")
+        ids, labels, ld = t.get("token_ids"), t.get("labels"), t.get("loss_diff")
+        if not isinstance(ids, list) or not isinstance(labels, list):
+            bad(f, "token_ids and labels must be lists")
+        if len(ids) != len(labels) or (ld is not None and len(ld) != len(ids)):
+            bad(f, f"lengths disagree: {len(ids)} token_ids, {len(labels)} labels"
+                   + (f", {len(ld)} loss_diff" if ld is not None else ""))
+        if any(lab not in (0, 1) or isinstance(lab, bool) for lab in labels):
+            bad(f + ".labels", f"labels must be 0 or 1, found {sorted(set(map(repr, labels)) - {'0', '1'})}")
+    return rec
+
+
+def read_masks(path: str | os.PathLike) -> dict[str, dict]:
+    """Read and validate a masks file; returns {id: record}. Errors name file, line and field."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise MasksError(f"{path}: masks file not found (run `rft-ds label` first)")
+    out: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise MasksError(f"{path}:{line}: malformed JSON: {e.msg}") from None
+            validate_record(rec, path, line)
+            if rec["id"] in out:
+                raise MasksError(f"{path}:{line}: field 'id': duplicate id {rec['id']!r}")
+            out[rec["id"]] = rec
+    if not out:
+        raise MasksError(f"{path}: empty masks file")
+    return out
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    p = meta_path(path)
+    return json.loads(p.read_text()) if p.exists() else {}

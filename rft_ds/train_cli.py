@@ -1,0 +1,102 @@
+"""`rft-ds train` and `rft-ds shad-train`: flags -> TrainConfig -> rft_ds.engine.train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rft_ds.config import DEFAULT_TAU, TrainConfig
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and model")
+    g.add_argument("--model", required=True, help="Hugging Face model directory (or hub id) to fine-tune")
+    g.add_argument("--data", required=True, help="training JSONL (OpenAI messages or ShareGPT)")
+    g.add_argument("--output", required=True, help="run directory: metrics.jsonl, checkpoints/, final/")
+    g.add_argument("--max-seq-len", type=int, default=4096, help="tokens per sample; longer samples are truncated (counted)")
+    g.add_argument("--on-overflow", choices=["truncate", "error"], default="truncate")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--deepspeed", default=None, help="DeepSpeed JSON (ds_configs/zero3.json ...); default: ZeRO-3")
+    g.add_argument("--micro-batch-size", type=int, default=None, help="per rank; default: the JSON's value or 1")
+    g.add_argument("--grad-accum", type=int, default=None, help="default: the JSON's value or 1")
+    g.add_argument("--max-steps", type=int, default=None)
+    g.add_argument("--epochs", type=float, default=None)
+    g.add_argument("--lr", type=float, default=1e-5)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup-ratio", type=float, default=0.03)
+    g.add_argument("--lr-scheduler", choices=["cosine", "linear", "constant"], default="cosine")
+    g.add_argument("--grad-clip", type=float, default=None, help="default: the JSON's gradient_clipping or 1.0")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 on GPU, fp32 on CPU (or what the JSON pins)")
+    g.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    g.add_argument("--logits-chunk", type=int, default=8192, help="loss positions per lm_head chunk")
+    g.add_argument("--grad-ckpt", action="store_true", help="non-reentrant gradient checkpointing")
+    g.add_argument("--attn-implementation", default="sdpa", help="sdpa | flash_attention_2 | eager")
+    g.add_argument("--lora-rank", type=int, default=0, help="> 0: train a LoRA adapter (peft) instead of all weights")
+    g.add_argument("--lora-alpha", type=float, default=None, help="default 2 x rank")
+    g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    g = p.add_argument_group("run control")
+    g.add_argument("--save-steps", type=int, default=0, help="DeepSpeed checkpoint every N steps (0: only final/)")
+    g.add_argument("--save-total-limit", type=int, default=2)
+    g.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
+    g.add_argument("--overwrite", action="store_true", help="replace a finished run in OUTPUT")
+    g.add_argument("--dist-timeout-min", type=float, default=120.0,
+                   help="process-group timeout (minutes): a dead rank is reported after this long")
+
+
+def add_rft_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("loss")
+    g.add_argument("--loss", choices=["sft", "rft"], default="sft")
+    g.add_argument("--masks", default=None, help="masks.jsonl from `rft-ds label` (RFT; with SFT: per-class metrics)")
+    g.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"RFT temperature (default {DEFAULT_TAU}: 1/tau = 0.5)")
+    g.add_argument("--rft-granularity", choices=["sample", "batch"], default="sample",
+                   help="sample: per-sample class means and weights (the paper); batch: global class means")
+    g.add_argument("--no-detach-weights", dest="detach_weights", action="store_false",
+                   help="let gradients flow through the RFT weights")
+    g.add_argument("--missing-masks", choices=["error", "sft"], default="error")
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    kw = {k: getattr(a, k) for k in fields if hasattr(a, k)}
+    if kw.get("grad_clip") is None:
+        kw.pop("grad_clip", None)
+    cfg = TrainConfig(**kw)
+    cfg.command = list(sys.argv)
+    return cfg
+
+
+def run_train(a: argparse.Namespace) -> int:
+    from rft_ds.engine import train
+
+    train(config_from_args(a))
+    return 0
+
+
+def run_shad(a: argparse.Namespace) -> int:
+    from rft_ds import dist
+    from rft_ds.data.formats import read_conversations
+    from rft_ds.data.shuffle import shuffled_subset
+    from rft_ds.engine import train
+
+    cfg = config_from_args(a)
+    cfg.loss, cfg.masks = "sft", None
+    convs, audit = shuffled_subset(read_conversations(cfg.data), cfg.shuffle_fraction, cfg.shuffle_seed)
+    dist.log(f"shad-train: {len(convs)} shuffled (context -> assistant turn) pairs "
+             f"(--shuffle-fraction {cfg.shuffle_fraction}, seed {cfg.shuffle_seed}); audit in shuffle.jsonl")
+    train(cfg, convs=convs, extra_files={"shuffle.jsonl": audit})
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune with the SFT or RFT loss (one ZeRO-3 training loop)")
+    add_train_flags(p)
+    add_rft_flags(p)
+    p.set_defaults(func=run_train)
+    p = sub.add_parser("shad-train", help="SHAD step 1+2: fine-tune a copy of the base model on shuffled pairs")
+    add_train_flags(p)
+    g = p.add_argument_group("SHAD")
+    g.add_argument("--shuffle-fraction", type=float, default=0.01, help="share of (context -> turn) pairs (paper: 1%%)")
+    g.add_argument("--shuffle-seed", type=int, default=0)
+    p.set_defaults(func=run_shad)
