@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "rft_ds.evaluate",      # evaluate
     "rft_ds.memory",        # estimate-memory
     "rft_ds.demo.generate", # demo-data
+    "rft_ds.demo.warmup",   # demo-warmup-data
     "rft_ds.demo.report",   # demo-report
 ]
 

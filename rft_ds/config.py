@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from rft_ds.errors import ConfigError
 
+DEFAULT_LR = 1e-5
 DEFAULT_TAU = 2.0  # 1/tau = 0.5, the top of the paper's robust range [0.2, 0.5]
 
 
@@ -28,11 +29,11 @@ class TrainConfig:
     grad_accum: int | None = None        # None: from the ds_config, else 1
     max_steps: int | None = None
     epochs: float | None = None
-    lr: float = 1e-5
-    weight_decay: float = 0.0
+    lr: float | None = None              # None: the JSON's value, else DEFAULT_LR
+    weight_decay: float | None = None    # None: the JSON's value, else 0
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"         # cosine | linear | constant
-    grad_clip: float = 1.0
+    grad_clip: float | None = None       # None: the JSON's gradient_clipping, else 1.0
     seed: int = 42
     loss: str = "sft"                    # sft | rft
     max_seq_len: int = 4096
@@ -60,7 +61,7 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    command: list[str] = field(default_factory=list)
+    command: str = ""
 
     def check(self) -> None:
         """Cross-field checks that need no files."""
@@ -147,25 +148,31 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world: int, on_gpu: bool, src
     ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = mb, ga
     ds["train_batch_size"] = mb * ga * world
     cfg.micro_batch_size, cfg.grad_accum = mb, ga
-    ds["gradient_clipping"] = _take(f"{src}: gradient_clipping", ds.get("gradient_clipping"),
-                                    "--grad-clip", cfg.grad_clip, 1.0)
+    ds["gradient_clipping"] = cfg.grad_clip = _take(f"{src}: gradient_clipping", ds.get("gradient_clipping"),
+                                                    "--grad-clip", cfg.grad_clip, 1.0)
     opt = ds.get("optimizer")
     if training and opt is not None:
         params = opt.setdefault("params", {})
-        params["lr"] = _take(f"{src}: optimizer.params.lr", params.get("lr"), "--lr", cfg.lr, cfg.lr)
+        params["lr"] = _take(f"{src}: optimizer.params.lr", params.get("lr"), "--lr", cfg.lr, DEFAULT_LR)
         params["weight_decay"] = _take(f"{src}: optimizer.params.weight_decay", params.get("weight_decay"),
-                                       "--weight-decay", cfg.weight_decay, cfg.weight_decay)
+                                       "--weight-decay", cfg.weight_decay, 0.0)
+        cfg.lr, cfg.weight_decay = params["lr"], params["weight_decay"]
+    else:
+        cfg.lr = DEFAULT_LR if cfg.lr is None else cfg.lr
+        cfg.weight_decay = 0.0 if cfg.weight_decay is None else cfg.weight_decay
     prec = resolve_precision(cfg, on_gpu)
-    for key in ("bf16", "fp16"):
-        sect = ds.setdefault(key, {})
+    sects = {key: ds.setdefault(key, {}) for key in ("bf16", "fp16")}
+    if cfg.precision == "auto":
+        pinned = [k for k, sect in sects.items() if sect.get("enabled", "auto") != "auto" and bool(sect["enabled"])]
+        if pinned:
+            prec = pinned[0]  # the JSON pins the precision; its "auto" sections follow
+    for key, sect in sects.items():
         want = prec == key
-        en = sect.get("enabled", False)
+        en = sect.get("enabled", "auto")  # an absent setting is ours to fill, like "auto"
         if en == "auto":
             sect["enabled"] = want
         elif bool(en) != want and cfg.precision != "auto":
             raise ConfigError(f"{src}: {key}.enabled = {en} contradicts --precision {cfg.precision}")
-        elif bool(en) and cfg.precision == "auto":
-            prec = key  # the JSON pins the precision
     if ds["bf16"].get("enabled") and ds["fp16"].get("enabled"):
         raise ConfigError(f"{src}: bf16 and fp16 are both enabled")
     if not on_gpu and prec == "fp16":

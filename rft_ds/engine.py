@@ -31,7 +31,7 @@ from rft_ds.data.batching import DUMMY, collate, global_batches, split_global_ba
 from rft_ds.data.formats import Conversation, read_conversations
 from rft_ds.data.render import Encoded, encode_dataset, tokenizer_fingerprint
 from rft_ds.errors import ConfigError, MasksError
-from rft_ds.fsio import append_line, atomic_write, dumps_line, read_jsonl_tail_safe, write_json
+from rft_ds.fsio import append_line, atomic_write, dumps_line, fault_point, read_jsonl_tail_safe, write_json
 from rft_ds.losses import REASONING, BOILERPLATE, class_sums, rft_batch_micro, rft_per_sample
 
 UNMASKED = 2  # class of tokens of samples trained with SFT under --missing-masks sft
@@ -306,6 +306,7 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
                       f"lr {lr:.2e} ({row['elapsed_s']:.1f}s)", flush=True)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
             _save_checkpoint(engine, out, step + 1, cfg)
+        fault_point("train-step", step + 1)
 
     # ---- final consolidated save (every rank takes part in the gather)
     sd = consolidated_state_dict(engine)

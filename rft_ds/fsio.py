@@ -72,3 +72,22 @@ def read_jsonl_tail_safe(path: str | os.PathLike) -> list[dict]:
             if line.strip():
                 rows.append(json.loads(line))
     return rows
+
+
+def command_line() -> str:
+    """The command as the user typed it (`rft-ds ...`), without the launcher's --local_rank."""
+    import sys
+
+    return " ".join(["rft-ds"] + [a for a in sys.argv[1:] if not a.startswith("--local_rank")])
+
+
+def fault_point(name: str, index: int) -> None:
+    """Crash-test hook: with RFT_DS_FAULT=<name>:<index> in the environment, rank 0 SIGKILLs itself
+    here (the launcher then takes the other ranks down), exactly as a node failure would. The
+    reliability tests use it to kill a run at a known point; it does nothing otherwise."""
+    spec = os.environ.get("RFT_DS_FAULT")
+    if spec and spec == f"{name}:{index}" and os.environ.get("RANK", "0") == "0":
+        import signal
+
+        print(f"RFT_DS_FAULT: killing rank 0 at {spec}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)

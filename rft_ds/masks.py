@@ -48,6 +48,8 @@ def validate_record(rec, path: str, line: int) -> dict:
         ids, labels, ld = t.get("token_ids"), t.get("labels"), t.get("loss_diff")
         if not isinstance(ids, list) or not isinstance(labels, list):
             bad(f, "token_ids and labels must be lists")
+        if ld is not None and not isinstance(ld, list):
+            bad(f + ".loss_diff", f"must be a list, got {type(ld).__name__}")
         if len(ids) != len(labels) or (ld is not None and len(ld) != len(ids)):
             bad(f, f"lengths disagree: {len(ids)} token_ids, {len(labels)} labels"
                    + (f", {len(ld)} loss_diff" if ld is not None else ""))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rft_ds.fsio import command_line
+
 from rft_ds.config import DEFAULT_TAU, TrainConfig
 
 
@@ -21,8 +23,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-accum", type=int, default=None, help="default: the JSON's value or 1")
     g.add_argument("--max-steps", type=int, default=None)
     g.add_argument("--epochs", type=float, default=None)
-    g.add_argument("--lr", type=float, default=1e-5)
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--lr", type=float, default=None, help="default: the JSON's optimizer lr, else 1e-5")
+    g.add_argument("--weight-decay", type=float, default=None, help="default: the JSON's value, else 0")
     g.add_argument("--warmup-ratio", type=float, default=0.03)
     g.add_argument("--lr-scheduler", choices=["cosine", "linear", "constant"], default="cosine")
     g.add_argument("--grad-clip", type=float, default=None, help="default: the JSON's gradient_clipping or 1.0")
@@ -60,10 +62,8 @@ def add_rft_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     fields = TrainConfig.__dataclass_fields__
     kw = {k: getattr(a, k) for k in fields if hasattr(a, k)}
-    if kw.get("grad_clip") is None:
-        kw.pop("grad_clip", None)
     cfg = TrainConfig(**kw)
-    cfg.command = list(sys.argv)
+    cfg.command = command_line()
     return cfg
 
 

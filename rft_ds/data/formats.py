@@ -67,7 +67,7 @@ def _parse_messages(obj: dict, path: str, line: int) -> list[dict]:
         if not isinstance(t, dict):
             raise DataError(path, line, where, f"must be an object, got {type(t).__name__}")
         role = t.get(role_key)
-        if role not in role_map:
+        if not isinstance(role, str) or role not in role_map:  # a list/dict role is unhashable
             raise DataError(path, line, f"{where}.{role_key}",
                             f"unknown role {role!r}; expected one of {sorted(role_map)}")
         content = t.get(text_key)
@@ -103,7 +103,7 @@ def iter_conversations(path: str | os.PathLike) -> Iterator[Conversation]:
     if not os.path.exists(path):
         raise DataError(path, None, None, "file not found")
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark some editors write is skipped
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -111,6 +111,8 @@ def iter_conversations(path: str | os.PathLike) -> Iterator[Conversation]:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
                 raise DataError(path, lineno, None, f"malformed JSON: {e.msg} at column {e.colno}") from None
+            except RecursionError:
+                raise DataError(path, lineno, None, "malformed JSON: nested too deeply") from None
             conv = parse_sample(obj, path, lineno)
             if conv.id in seen:
                 raise DataError(path, lineno, "id", f"duplicate id {conv.id!r} (first on line {seen[conv.id]})",

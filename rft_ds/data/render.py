@@ -39,7 +39,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
     h.update(json.dumps(sorted(map(str, tokenizer.all_special_tokens))).encode())
-    h.update((tokenizer.chat_template or "").encode())
+    tmpl = tokenizer.chat_template or ""  # a dict when the tokenizer ships named templates (e.g. tool_use)
+    h.update((tmpl if isinstance(tmpl, str) else json.dumps(tmpl, sort_keys=True)).encode())
     return h.hexdigest()[:16]
 
 

@@ -57,8 +57,23 @@ def shuffled_subset(convs: list[Conversation], fraction: float, seed: int) -> tu
         raise ConfigError(f"--shuffle-fraction must be in (0, 1], got {fraction}")
     rng = random.Random(seed)
     pairs = all_pairs(convs)
-    k = min(len(pairs), max(2, math.ceil(fraction * len(pairs))))
-    chosen = sorted(rng.sample(range(len(pairs)), k))
+    # round(): 0.07 * 100 is 7.000000000000001 in floats, and must give 7 pairs, not 8.
+    k = min(len(pairs), max(2, math.ceil(round(fraction * len(pairs), 9))))
+    # Pairs in random order, at most k // 2 from any one sample: then a cross-sample derangement
+    # of the chosen pairs exists whenever any k pairs admit one (a plain uniform draw could pick
+    # too many turns of one long conversation and fail for an unlucky seed).
+    cap, taken, chosen = k // 2, {}, []
+    for j in rng.sample(range(len(pairs)), len(pairs)):
+        if len(chosen) == k:
+            break
+        s = pairs[j][0]
+        if taken.get(s, 0) < cap:
+            taken[s] = taken.get(s, 0) + 1
+            chosen.append(j)
+    if len(chosen) < k:
+        raise ConfigError(f"cannot shuffle {k} of {len(pairs)} pairs across samples: too many of them come "
+                          "from one conversation; use another --shuffle-fraction or more samples")
+    chosen.sort()
     sel = [pairs[j] for j in chosen]
     perm = cross_sample_derangement([s for s, _ in sel], rng)
     out, audit = [], []

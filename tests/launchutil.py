@@ -1,0 +1,98 @@
+"""Run rft-ds for real: through the `deepspeed` launcher (N local ranks, or a --hostfile), or as a
+plain single process. Each launch gets its own free master port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(extra: dict | None = None) -> dict:
+    e = dict(os.environ)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    e.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One JIT-build cache per venv: a cache shared with another checkout rebuilds DeepSpeed's
+    # small CPU ops (~40-90 s) whenever the build command differs.
+    e.setdefault("TORCH_EXTENSIONS_DIR", str(BIN.parent / "torch_extensions"))
+    e.update(extra or {})
+    return e
+
+
+def launch_cmd(args: list[str], nproc: int = 2, hostfile: str | None = None) -> list[str]:
+    cmd = [str(BIN / "deepspeed")]
+    if hostfile:
+        cmd += ["--hostfile", hostfile, "--no_ssh_check", "--master_addr", "127.0.0.1"]
+    else:
+        cmd += ["--num_gpus", str(nproc)]
+    return cmd + ["--master_port", str(free_port()), "--module", "rft_ds", *map(str, args)]
+
+
+def ds_launch(args: list[str], nproc: int = 2, hostfile: str | None = None, check: bool = True,
+              timeout: int = 900, extra_env: dict | None = None, cwd: str | Path = ROOT) -> subprocess.CompletedProcess:
+    r = subprocess.run(launch_cmd(args, nproc, hostfile), cwd=cwd, env=env(extra_env), capture_output=True,
+                       text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"launch failed (rc {r.returncode}): {' '.join(map(str, args))}\n"
+                             f"{(r.stdout + r.stderr)[-6000:]}")
+    return r
+
+
+def plain(args: list[str], check: bool = True, timeout: int = 900, extra_env: dict | None = None,
+          cwd: str | Path = ROOT) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "rft_ds", *map(str, args)], cwd=cwd, env=env(extra_env),
+                       capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"rft-ds failed (rc {r.returncode}): {' '.join(map(str, args))}\n"
+                             f"{(r.stdout + r.stderr)[-6000:]}")
+    return r
+
+
+def metrics(run_dir: str | Path) -> list[dict]:
+    return [json.loads(x) for x in Path(run_dir, "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def write_random_masks(data: str | Path, model_dir: str | Path, out: str | Path, seed: int = 0,
+                       max_seq_len: int = 4096, p_reasoning: float = 0.4) -> None:
+    """A valid masks file for `data` with random labels (for loss tests that need any labels)."""
+    import random
+
+    from rft_ds.data.formats import read_conversations
+    from rft_ds.data.render import encode_dataset, tokenizer_fingerprint
+    from rft_ds.masks import make_record
+    from rft_ds.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(model_dir))
+    fp = tokenizer_fingerprint(tok)
+    encs, _ = encode_dataset(read_conversations(data), tok, max_seq_len)
+    rng = random.Random(seed)
+    with open(out, "w") as f:
+        for e in encs:
+            turns = []
+            for m in e.assistant_messages:
+                ids = e.turn_tokens(m)
+                labels = [int(rng.random() < p_reasoning) for _ in ids]
+                turns.append({"message": m, "token_ids": ids, "labels": labels, "loss_diff": [0.5 if x else -0.5 for x in labels]})
+            f.write(json.dumps(make_record(e.id, fp, turns)) + "\n")
+
+
+def head_lines(src: str | Path, dst: str | Path, n: int) -> Path:
+    lines = Path(src).read_text().splitlines(keepends=True)[:n]
+    Path(dst).write_text("".join(lines))
+    return Path(dst)
