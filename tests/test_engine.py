@@ -67,3 +67,30 @@ def test_rft_batch_split_over_ranks(setup):
     wb, wr = eb / (eb + er), er / (eb + er)
     assert rel(r["w_b"], wb) < 1e-6
     assert rel(r["loss"], wb * r["loss_b"] + wr * r["loss_r"]) < 1e-6
+
+
+def test_masks_mismatch_and_missing_are_clear_errors(setup, tmp_path):
+    base = ["train", "--model", setup["model"], "--data", setup["data"], "--max-steps", 1, "--micro-batch-size", 4,
+            "--loss", "rft"]
+    # masks made with a shorter --max-seq-len: the token ids of the truncated turns differ
+    short = tmp_path / "short.jsonl"
+    write_random_masks(setup["data"], setup["model"], short, seed=1, max_seq_len=300)
+    r = plain(base + ["--masks", short, "--output", tmp_path / "a"], check=False)
+    assert r.returncode == 2
+    assert "sample 'demo-train-" in r.stderr and "--max-seq-len" in r.stderr
+    # masks missing for some samples
+    lines = setup["masks"].read_text().splitlines(keepends=True)
+    part = tmp_path / "part.jsonl"
+    part.write_text("".join(lines[:30]))
+    r = plain(base + ["--masks", part, "--output", tmp_path / "b"], check=False)
+    assert r.returncode == 2 and "no masks for 10 training samples" in r.stderr and "--missing-masks sft" in r.stderr
+    # ... unless they are trained with the SFT loss, which the run records
+    plain(base + ["--masks", part, "--output", tmp_path / "c", "--missing-masks", "sft"])
+    import json
+
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["missing_masks"] == 10
+    # a masks file for another tokenizer
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(x.replace(json.loads(x)["tokenizer"], "0123456789abcdef") for x in lines))
+    r = plain(base + ["--masks", other, "--output", tmp_path / "d"], check=False)
+    assert r.returncode == 2 and "relabel with this model's tokenizer" in r.stderr

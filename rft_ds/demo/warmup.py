@@ -8,11 +8,11 @@ model has neither skill, so the demo warms it first on the same tool-use tasks w
 *different* surface style:
 
     Thought: I need <intent>.\\nAction: <tool>\\nAction Input: {"k": "v", ...}
-        -> Goal: <intent>\\nTool: <tool>\\nArguments: k=v; ...
+        -> Goal: <intent>\\nTool: <tool>\\nArguments: {"k": "v", ...}
     Thought: I have the answer.\\nFinal Answer: <answer>
         -> Result: <answer>
 
-It learns to copy values from the request, not the ReAct scaffolding. On a cluster this step is
+It learns to read the request and copy its values into JSON arguments, not the ReAct scaffolding. On a cluster this step is
 simply the user's pretrained model.
 """
 
@@ -29,12 +29,7 @@ FINAL = re.compile(r"^Thought: I have the answer\.\nFinal Answer: (?P<answer>.*)
 def restyle_content(text: str) -> str:
     m = CALL.match(text)
     if m:
-        try:
-            args = json.loads(m["args"])
-        except json.JSONDecodeError:
-            return text
-        kv = "; ".join(f"{k}={v}" for k, v in args.items())
-        return f"Goal: {m['intent']}\nTool: {m['tool']}\nArguments: {kv}"
+        return f"Goal: {m['intent']}\nTool: {m['tool']}\nArguments: {m['args']}"
     m = FINAL.match(text)
     if m:
         return f"Result: {m['answer']}"
