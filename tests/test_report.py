@@ -312,3 +312,17 @@ def test_missing_run_dir_is_a_clear_error(fake_demo, tmp_path, capsys):
     rc = main(["demo-report", "--demo-dir", str(demo), "--data-dir", str(fake_demo["data"]), "--seeds", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "incomplete" in err and "sft-seed0" in err and "masks.jsonl" in err
+
+
+def test_prefix_aware_truth_by_hand():
+    from rft_ds.demo.report import prefix_aware
+
+    c = 'Thought: I need the TSLA price on 2025-09-21.\nAction: get_stock_price\nAction Input: {"symbol": "TSLA", "date": "2025-09-21"}'
+    r = ("0" * 16 + "1" * 28 + "0" * 10 + "1" * 15 + "0" * 27 + "1" * 4 + "0" * 12 + "1" * 10 + "0" * 2)
+    assert len(r) == len(c)
+    got = prefix_aware(c, r)
+    shown = "".join(ch if x == "1" else "_" for ch, x in zip(c, got))
+    # the Thought's words and values stay reasoning (separators do not); the Action Input's values
+    # repeat the Thought's, so they become boilerplate; the tool name is new text and stays
+    assert shown == ("________________the_TSLA_price_on_2025_09_21__________get_stock_price"
+                     + "_" * (len(c) - 69))

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import os
 import sys
 import time
@@ -95,6 +96,35 @@ def role_of_span(roles: str, a: int, b: int) -> int:
         return 0
     ones = seg.count("1")
     return 1 if 2 * ones >= len(seg) else 0
+
+
+def prefix_aware(content: str, roles: str) -> str:
+    """The generator's semantic roles minus what the message's own earlier text already determines.
+
+    SHAD compares a model that ignores the input with one that reads it, teacher-forced on the
+    output: text the output prefix already fixes is predictable without the input, so SHAD calls it
+    boilerplate even inside an input-dependent slot. This derived truth marks as boilerplate
+      * a word or value inside a '1' run that already occurred earlier in the same message (the
+        Action Input values repeat the Thought's values; an answer repeats its own words), and
+      * non-alphanumeric characters inside '1' runs (the separators of dates and times, spaces,
+        quotes), which the value's format fixes.
+    Both truths are reported; neither is tuned to SHAD's output."""
+    out = list(roles)
+    for run in re.finditer(r"1+", roles):
+        a, b = run.span()
+        for w in re.finditer(r"[A-Za-z0-9_.]+", content[a:b]):
+            wa, wb = a + w.start(), a + w.end()
+            if wb - wa > 1 and content[wa:wb] in content[:wa]:
+                out[wa:wb] = "0" * (wb - wa)
+        for k in range(a, b):
+            if not content[k].isalnum():
+                out[k] = "0"
+    return "".join(out)
+
+
+def prefix_aware_roles(conv, roles: dict[str, str]) -> dict[str, str]:
+    return {m: prefix_aware(conv.messages[int(m)]["content"], r) if int(m) < len(conv.messages) else r
+            for m, r in roles.items()}
 
 
 def token_truth(conv, tokenizer, roles: dict[str, str]):
@@ -168,8 +198,9 @@ def agreement_metrics(truth: list[int], labels: list[int], lds: list[float | Non
     }
 
 
-def shad_agreement(masks: dict, convs: list, roles: dict, tokenizer) -> dict:
-    """Compare the masks' labels with the true roles of the same tokens."""
+def shad_agreement(masks: dict, convs: list, roles: dict, tokenizer, derive=None) -> dict:
+    """Compare the masks' labels with the true roles of the same tokens. `derive(conv, roles)` maps
+    a sample's roles to another truth (e.g. prefix_aware_roles) first."""
     by_id = {c.id: c for c in convs}
     truth, labels, lds = [], [], []
     truncated = 0
@@ -180,7 +211,7 @@ def shad_agreement(masks: dict, convs: list, roles: dict, tokenizer) -> dict:
                              "the masks were made from another file")
         if sid not in roles:
             raise MasksError(f"no ground-truth roles for masks sample {sid!r} in roles.jsonl")
-        enc, _, classes = token_truth(conv, tokenizer, roles[sid])
+        enc, _, classes = token_truth(conv, tokenizer, derive(conv, roles[sid]) if derive else roles[sid])
         for turn in rec["turns"]:
             m = turn["message"]
             pos = [t for t, mi in enumerate(enc.msg_index) if mi == m and t >= 1]
@@ -324,17 +355,20 @@ def render_markdown(rep: dict, report_dir: Path) -> str:
             "boilerplate). Positive class: reasoning."
             + (f" {ag['truncated_turns']} turn(s) were truncated by the labeling pass; their labeled tokens are "
                "compared." if ag["truncated_turns"] else ""), ""]
-    out.append(_table(["metric", "value"], [
-        ["token accuracy", _f(ag["token_accuracy"])],
-        ["reasoning precision", _f(ag["reasoning_precision"])],
-        ["reasoning recall", _f(ag["reasoning_recall"])],
-        ["boilerplate recall", _f(ag["boilerplate_recall"])],
-        ["balanced accuracy", _f(ag["balanced_accuracy"])],
-        ["share of tokens labeled reasoning (SHAD)", _f(ag["labeled_reasoning_share"])],
-        ["share of tokens that are reasoning (truth)", _f(ag["true_reasoning_share"])],
-        ["mean LD of true reasoning tokens (nats)", _f(ag["mean_ld_true_reasoning"], signed=True)],
-        ["mean LD of true boilerplate tokens (nats)", _f(ag["mean_ld_true_boilerplate"], signed=True)],
-    ]))
+    out += ["Two truths: **semantic** is the generator's roles (every character of an input-dependent slot is "
+            "reasoning); **prefix-aware** additionally counts as boilerplate what the message's own earlier text "
+            "already fixes (a value repeated from the Thought into the Action Input, separators inside dates and "
+            "times), which a model that ignores the input can also predict (`rft_ds/demo/report.py:prefix_aware`).", ""]
+    pa = ag.get("prefix_aware") or ag
+    keys = [("token accuracy", "token_accuracy", False), ("reasoning precision", "reasoning_precision", False),
+            ("reasoning recall", "reasoning_recall", False), ("boilerplate recall", "boilerplate_recall", False),
+            ("balanced accuracy", "balanced_accuracy", False),
+            ("share of tokens labeled reasoning (SHAD)", "labeled_reasoning_share", False),
+            ("share of tokens that are reasoning (truth)", "true_reasoning_share", False),
+            ("mean LD of true reasoning tokens (nats)", "mean_ld_true_reasoning", True),
+            ("mean LD of true boilerplate tokens (nats)", "mean_ld_true_boilerplate", True)]
+    out.append(_table(["metric", "semantic truth", "prefix-aware truth"],
+                      [[name, _f(ag[k], signed=sg), _f(pa[k], signed=sg)] for name, k, sg in keys]))
     out += ["", "Confusion (tokens):", "",
             _table(["", "SHAD: reasoning", "SHAD: boilerplate"],
                    [["true reasoning", str(c["tp"]), str(c["fn"])], ["true boilerplate", str(c["fp"]), str(c["tn"])]]),
@@ -456,6 +490,7 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
                          f"{paths['base']} has {fp}: the masks belong to another base model")
     train = read_conversations(paths["train"])
     agreement = shad_agreement(masks, train, roles, tok)
+    agreement["prefix_aware"] = shad_agreement(masks, train, roles, tok, derive=prefix_aware_roles)
     timing["shad_agreement_s"] = time.time() - t0
     log(f"SHAD agreement on {agreement['tokens']} tokens: accuracy {_f(agreement['token_accuracy'])}")
 
