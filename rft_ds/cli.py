@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "rft_ds.convert",       # convert
     "rft_ds.evaluate",      # evaluate
     "rft_ds.memory",        # estimate-memory
+    "rft_ds.hostfile",      # check-hostfile
+    "rft_ds.lora",          # merge-lora
     "rft_ds.demo.generate", # demo-data
     "rft_ds.demo.warmup",   # demo-warmup-data
     "rft_ds.demo.report",   # demo-report

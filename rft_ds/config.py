@@ -61,6 +61,7 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    merge_lora: bool = False             # also write OUTPUT/final-merged (full model)
     command: str = ""
 
     def check(self) -> None:

@@ -130,20 +130,28 @@ def _save_checkpoint(engine, out: Path, step: int, cfg: TrainConfig) -> None:
 
 
 def _load_checkpoint(engine, out: Path) -> int:
+    """Resume from checkpoints/latest. Rank 0 reads the tag and broadcasts it, so every rank loads
+    the same step (each rank then reads its own partition files: OUTPUT must be on a filesystem
+    every node sees, or copied to each node, when resuming a multi-node run)."""
     ck = _checkpoint_dir(out)
-    if not (ck / "latest").exists():
+    tag = (ck / "latest").read_text().strip() if dist.is_main() and (ck / "latest").exists() else None
+    tag = dist.broadcast_object(tag)
+    if tag is None:
         dist.log(f"--resume: no checkpoint in {ck}; starting from step 0")
         return 0
-    path, client = engine.load_checkpoint(str(ck))
+    if not (ck / tag).is_dir():
+        raise ConfigError(f"{ck / tag}: checkpoint directory not found on rank {dist.rank()}; with --resume, "
+                          "OUTPUT must be on a filesystem every node sees")
+    path, client = engine.load_checkpoint(str(ck), tag=tag)
     if path is None:
-        raise ConfigError(f"{ck}: could not load the latest checkpoint")
+        raise ConfigError(f"{ck / tag}: could not load the checkpoint")
     step = int(client["step"])
-    rng = Path(path) / f"rng-rank{dist.rank()}.pt"
+    rng = ck / tag / f"rng-rank{dist.rank()}.pt"
     if rng.exists():
         st = torch.load(rng, weights_only=False)
         torch.set_rng_state(st["torch"])
         random.setstate(st["python"])
-    dist.log(f"resumed from {path} at step {step}")
+    dist.log(f"resumed from {ck / tag} at step {step}")
     return step
 
 
@@ -314,7 +322,7 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
         if cfg.lora_rank > 0:
             from rft_ds.lora import save_lora  # noqa: PLC0415
 
-            save_lora(lm, sd, tok, out)
+            save_lora(lm, sd, tok, out, merge=cfg.merge_lora)
         else:
             save_hf_checkpoint(hf, sd, tok, out / "final")
         print(f"saved {out / 'final'} ({time.time() - t_start:.1f}s)", flush=True)

@@ -19,10 +19,9 @@ def load_tokenizer(model_dir: str):
 
     from rft_ds.data.render import ensure_chat_template
 
-    if not os.path.isdir(model_dir) and not os.path.exists(os.path.join(model_dir, "config.json")):
-        # Hub ids are fine where there is network; here a missing directory is the usual mistake.
-        if os.sep in model_dir or model_dir.startswith("."):
-            raise ConfigError(f"{model_dir}: model directory not found")
+    if not os.path.isdir(model_dir) and model_dir.startswith((os.sep, ".", "~")):
+        # "org/name" may be a hub id; a path that looks local and is missing is the usual mistake.
+        raise ConfigError(f"{model_dir}: model directory not found")
     try:
         tok = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError) as e:
@@ -92,6 +91,9 @@ def save_hf_checkpoint(hf_model, state_dict: dict, tokenizer, out_dir: str | Pat
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
         hf_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():

@@ -38,6 +38,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-rank", type=int, default=0, help="> 0: train a LoRA adapter (peft) instead of all weights")
     g.add_argument("--lora-alpha", type=float, default=None, help="default 2 x rank")
     g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    g.add_argument("--merge-lora", action="store_true", help="also save OUTPUT/final-merged (adapter merged in)")
     g = p.add_argument_group("run control")
     g.add_argument("--save-steps", type=int, default=0, help="DeepSpeed checkpoint every N steps (0: only final/)")
     g.add_argument("--save-total-limit", type=int, default=2)

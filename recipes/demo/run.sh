@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 : "${MICRO_BATCH:=8}"                    # per rank: global batch = 2 ranks x 8 = 16
 # the tiny base model (step 0 stands in for pretraining: on a cluster it is your HF model)
 : "${VOCAB:=1000}" ; : "${HIDDEN:=128}" ; : "${LAYERS:=2}" ; : "${HEADS:=4}"
-: "${WARM_STEPS:=450}" ; : "${WARM_LR:=4e-3}"
+: "${WARM_STEPS:=400}" ; : "${WARM_LR:=4e-3}"
 # step 1: SHAD tuning on shuffled (context -> turn) pairs. The paper uses 1% of a large data set;
 # 1200 samples need a larger share for the tiny model to see the template often enough.
 : "${SHUFFLE_FRACTION:=0.1}" ; : "${SHAD_STEPS:=80}" ; : "${SHAD_LR:=1e-3}"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Llama-3-8B-Instruct, SHAD pass 2 of 3: teacher-force every training sample through the base
+# model and the shuffle-tuned one; token loss difference > 0 -> reasoning (1), else boilerplate (0).
+# Sharded over all GPUs; rank 0 gathers and writes $OUT/masks.jsonl (no shared filesystem needed
+# for the output; the models must be readable on every node). A rerun resumes finished chunks.
+# Memory: `rft-ds estimate-memory --model llama3-8b --nodes 2 --gpus-per-node 8 --grad-ckpt`
+#   train ~16 GiB/GPU on 2x8 GPUs (one 8x80GB node also fits, ~24 GiB/GPU: a one-line hostfile);
+#   label (two models, forward only) ~6-8 GiB/GPU.
+# Every variable can be set in the environment: `OUT=/shared/runs/x bash recipes/llama3-8b/2_label.sh`.
+# Relative paths are relative to the repository root. MODEL, DATA and OUT must be readable (OUT
+# writable) at the same path on every node (docs/multi-node.md).
+: "${HOSTFILE:=hostfiles/example-2x8}"    # one "host slots=GPUs" line per node
+: "${MODEL:=/shared/models/Meta-Llama-3-8B-Instruct}"  # a local HF directory (huggingface-cli download ... --local-dir)
+: "${DATA:=data/train.jsonl}"             # the data 3_rft.sh trains on
+: "${OUT:=outputs/llama3-8b}"
+: "${SHAD_MODEL:=$OUT/shad/final}"        # 1_shad.sh's output
+: "${DS_CONFIG:=ds_configs/zero3.json}"   # only its ZeRO section is used: forward passes, no optimizer
+: "${LABEL_BATCH:=8}"                     # samples per forward per GPU
+: "${MAX_SEQ_LEN:=4096}"                  # must equal 3_rft.sh's
+: "${PRECISION:=bf16}"                    # bf16 on GPU (fp32 to debug numerics)
+: "${ATTN:=sdpa}"                         # flash_attention_2: faster, less memory; needs `pip install flash-attn`
+source "$(dirname "$0")/../common.sh"
+
+deepspeed --hostfile "$HOSTFILE" "${LAUNCH_ARGS[@]}" --module rft_ds label \
+  --base "$MODEL" --shad "$SHAD_MODEL" --data "$DATA" --output "$OUT/masks.jsonl" \
+  --deepspeed "$DS_CONFIG" --batch-size "$LABEL_BATCH" --max-seq-len "$MAX_SEQ_LEN" \
+  --precision "$PRECISION" --attn-implementation "$ATTN" "${EXTRA[@]}"
