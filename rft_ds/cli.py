@@ -11,6 +11,7 @@ the top-level parser accepts and ignores it (the rank comes from the LOCAL_RANK 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -60,8 +61,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RftDsError as e:
+        _note_for_peers(e)
         print(f"rft-ds {args.command}: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        _note_for_peers(e)
+        print(f"rft-ds {args.command}: error: cannot write {e.filename or 'output'}: {e.strerror}; free space "
+              "(or fix the filesystem) and rerun the same command: finished work is kept", file=sys.stderr, flush=True)
+        return 2
+
+
+def _note_for_peers(e: BaseException) -> None:
+    """Leave the cause where the other ranks' failure reports can name it (multi-rank runs only)."""
+    if "torch" in sys.modules:
+        from rft_ds import dist
+
+        dist.note_error(e)
 
 
 if __name__ == "__main__":

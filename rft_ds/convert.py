@@ -132,6 +132,9 @@ class _ArrayReader:
             while True:
                 try:
                     value, end = _DECODER.raw_decode(self.buf, self.pos)
+                except RecursionError:
+                    raise self._error(self.pos, "not valid JSON: nested too deeply",
+                                      "the array cannot be read past this record") from None
                 except json.JSONDecodeError as e:
                     near_end = e.msg.startswith("Unterminated string") or e.pos >= len(self.buf) - 16
                     if self.eof or not near_end:
@@ -159,9 +162,14 @@ def _iter_jsonl(f: IO[str]) -> Iterator[RawRecord]:
             continue
         number += 1
         try:
-            yield RawRecord(number=number, line=lineno, value=json.loads(raw))
+            value = json.loads(raw)
         except json.JSONDecodeError as e:
             yield RawRecord(number=number, line=lineno, error=f"{e.msg} at column {e.colno}")
+            continue
+        except RecursionError:
+            yield RawRecord(number=number, line=lineno, error="nested too deeply")
+            continue
+        yield RawRecord(number=number, line=lineno, value=value)
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[RawRecord]:

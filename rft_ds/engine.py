@@ -118,10 +118,11 @@ def _checkpoint_dir(out: Path) -> Path:
 def _save_checkpoint(engine, out: Path, step: int, cfg: TrainConfig) -> None:
     ck = _checkpoint_dir(out)
     tag = f"step-{step}"
-    engine.save_checkpoint(str(ck), tag=tag, client_state={"step": step})
+    # RNG first: DeepSpeed writes `latest` last, so a checkpoint `latest` points to is complete.
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     with atomic_write(ck / tag / f"rng-rank{dist.rank()}.pt", "wb") as f:
         torch.save(state, f)
+    engine.save_checkpoint(str(ck), tag=tag, client_state={"step": step})
     dist.barrier()
     if dist.is_main() and cfg.save_total_limit > 0:
         tags = sorted((p for p in ck.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))

@@ -140,7 +140,8 @@ def label(a: argparse.Namespace) -> int:
         if e.truncated and a.on_overflow == "error":
             from rft_ds.errors import DataError
 
-            raise DataError(c.path, c.line, "messages", f"sample {c.id!r} is longer than --max-seq-len {a.max_seq_len}")
+            raise DataError(c.path, c.line, "messages", f"sample {c.id!r} is longer than --max-seq-len {a.max_seq_len}",
+                            "raise --max-seq-len, or pass --on-overflow truncate")
         encs.append(e)
     lengths = [len(e.input_ids) for e in encs]
     batches = plan_batches(lengths, a.batch_size)

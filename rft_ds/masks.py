@@ -43,7 +43,7 @@ def validate_record(rec, path: str, line: int) -> dict:
         f = f"turns[{k}]"
         if not isinstance(t, dict):
             bad(f, "must be an object")
-        if not isinstance(t.get("message"), int):
+        if not isinstance(t.get("message"), int) or isinstance(t["message"], bool):
             bad(f + ".message", "missing or not an int")
         ids, labels, ld = t.get("token_ids"), t.get("labels"), t.get("loss_diff")
         if not isinstance(ids, list) or not isinstance(labels, list):
@@ -53,7 +53,9 @@ def validate_record(rec, path: str, line: int) -> dict:
         if len(ids) != len(labels) or (ld is not None and len(ld) != len(ids)):
             bad(f, f"lengths disagree: {len(ids)} token_ids, {len(labels)} labels"
                    + (f", {len(ld)} loss_diff" if ld is not None else ""))
-        if any(lab not in (0, 1) or isinstance(lab, bool) for lab in labels):
+        if any(type(i) is not int for i in ids):
+            bad(f + ".token_ids", "token ids must be integers")
+        if any(type(lab) is not int or lab not in (0, 1) for lab in labels):  # not True, not 1.0
             bad(f + ".labels", f"labels must be 0 or 1, found {sorted(set(map(repr, labels)) - {'0', '1'})}")
     return rec
 
@@ -64,18 +66,26 @@ def read_masks(path: str | os.PathLike) -> dict[str, dict]:
     if not os.path.exists(path):
         raise MasksError(f"{path}: masks file not found (run `rft-ds label` first)")
     out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise MasksError(f"{path}:{line}: malformed JSON: {e.msg}") from None
-            validate_record(rec, path, line)
-            if rec["id"] in out:
-                raise MasksError(f"{path}:{line}: field 'id': duplicate id {rec['id']!r}")
-            out[rec["id"]] = rec
+    line = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise MasksError(f"{path}:{line}: malformed JSON: {e.msg}") from None
+                except RecursionError:
+                    raise MasksError(f"{path}:{line}: malformed JSON: nested too deeply") from None
+                validate_record(rec, path, line)
+                if rec["id"] in out:
+                    raise MasksError(f"{path}:{line}: field 'id': duplicate id {rec['id']!r}")
+                out[rec["id"]] = rec
+    except UnicodeDecodeError as e:
+        raise MasksError(f"{path}: not UTF-8 text ({e.reason} after line {line}); is this a masks file?") from None
+    except OSError as e:
+        raise MasksError(f"{path}: cannot read the masks file: {e.strerror or e}") from None
     if not out:
         raise MasksError(f"{path}: empty masks file")
     return out

@@ -19,7 +19,8 @@ cd "$(dirname "$0")/../.."
 # 1200 samples need a larger share for the tiny model to see the template often enough.
 : "${SHUFFLE_FRACTION:=0.1}" ; : "${SHAD_STEPS:=80}" ; : "${SHAD_LR:=1e-3}"
 # step 3: RFT and the SFT baseline, same budget and seeds
-: "${TRAIN_STEPS:=120}" ; : "${TRAIN_LR:=2e-3}" ; : "${TAU:=2.0}"
+: "${TRAIN_STEPS:=100}" ; : "${TRAIN_LR:=2e-3}" ; : "${TAU:=2.0}"
+: "${EVAL_SAMPLES:=60}"                  # held-out samples for the report (teacher-forced + greedy tool calls)
 
 LAUNCH=(deepspeed --hostfile "$HOSTFILE" --no_ssh_check --master_addr 127.0.0.1)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -48,5 +49,5 @@ for seed in $SEEDS; do
   done
 done
 # (4) the report: SHAD vs the true roles, SFT vs RFT on held-out data, curves, mask viewer
-rft-ds demo-report --demo-dir "$OUT" --data-dir "$DATA" --seeds $SEEDS
+rft-ds demo-report --demo-dir "$OUT" --data-dir "$DATA" --seeds $SEEDS --max-samples "$EVAL_SAMPLES"
 echo "demo finished in $(( $(date +%s) - start )) s: $OUT/report.md, $OUT/curves.png, $OUT/masks.html"
