@@ -1,0 +1,83 @@
+"""Print the one table of figures vs targets from bench/results.json (and record the run's wall time).
+
+    python bench/report.py [--elapsed SECONDS] [--markdown]
+"""
+
+import argparse
+import json
+
+from common import RESULTS, load_results, target_met
+
+ORDER = [
+    ("rft_over_sft", "1. RFT step / SFT step (same engine, 2 ranks)"),
+    ("engine_over_hf_trainer", "2. engine SFT step / HF Trainer+DeepSpeed step"),
+    ("label_over_floor", "3. `rft-ds label` wall / floor (2 fwd, no pad, no I/O)"),
+    ("label_speedup_vs_naive", "3. naive loop / label loop"),
+    ("padding_share", "4. padding share of computed tokens (max of train, label)"),
+    ("param_memory_ratio_2_over_1", "5. held memory per rank, 2 ranks / 1 rank (~100M params)"),
+    ("label_scaling_exponent", "6. label loop time vs samples, log-log slope"),
+]
+
+
+def notes(res: dict) -> dict:
+    d = res.get("details", {})
+    out = {}
+    if "label_over_floor" in d:
+        x = d["label_over_floor"]
+        out["label_over_floor"] = (f"loop only {x['label_loop_over_floor']:.2f}; wall {x['label_wall_s'][0]:.1f}s "
+                                   f"= loop + {x['label_fixed_s']:.1f}s fixed; floor {x['floor_s']:.1f}s")
+    if "label_speedup_vs_naive" in d:
+        x = d["label_speedup_vs_naive"]
+        out["label_speedup_vs_naive"] = f"naive {x['naive_s']:.1f}s / loop {x['label_loop_s']:.1f}s"
+    if "rft_over_sft" in d:
+        out["rft_over_sft"] = f"per round {d['rft_over_sft']['per_round']}"
+    if "engine_over_hf_trainer" in d:
+        out["engine_over_hf_trainer"] = f"per round {d['engine_over_hf_trainer']['per_round']}"
+    if "padding_share" in d:
+        x = d["padding_share"]
+        out["padding_share"] = f"train {x['train']['share']:.3f}, label {x['label']['share']:.3f}"
+    if "param_memory_ratio_2_over_1" in d:
+        x = d["param_memory_ratio_2_over_1"]
+        out["param_memory_ratio_2_over_1"] = (f"{x['held_MiB']['1']:.0f} -> {x['held_MiB']['2']:.0f} MiB; "
+                                              f"DeepSpeed elements {x['deepspeed_elements_ratio_2_over_1']:.3f}")
+    if "label_scaling_exponent" in d:
+        x = d["label_scaling_exponent"]
+        out["label_scaling_exponent"] = (f"wall = {x['wall_fit']['fixed_s']:.1f}s + "
+                                         f"{1000 * x['wall_fit']['per_sample_s']:.1f}ms/sample")
+    return out
+
+
+def table(res: dict, markdown: bool) -> str:
+    nt = notes(res)
+    rows = []
+    for key, what in ORDER:
+        v = res.get(key)
+        tgt = res.get("targets", {}).get(key, "")
+        ok = target_met(v, tgt) if tgt else None
+        rows.append((key, what, "-" if v is None else f"{v:.3f}", tgt, {True: "yes", False: "NO", None: "-"}[ok],
+                     nt.get(key, "")))
+    if markdown:
+        lines = ["| figure | what | measured | target | met | notes |", "|---|---|---|---|---|---|"]
+        lines += [f"| `{r[0]}` | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} |" for r in rows]
+        return "\n".join(lines)
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    head = ("figure", "what", "measured", "target", "met")
+    w = [max(a, len(b)) for a, b in zip(w, head)]
+    fmt = "  ".join(f"{{:<{x}}}" for x in w) + "  {}"
+    lines = [fmt.format(*head, "notes"), fmt.format(*("-" * x for x in w), "-----")]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--elapsed", type=float, default=None)
+    ap.add_argument("--markdown", action="store_true")
+    a = ap.parse_args()
+    res = load_results()
+    if a.elapsed is not None:
+        res["run_all_elapsed_s"] = a.elapsed
+        RESULTS.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    print(f"\nbench results ({res.get('profile', '?')} profile, {RESULTS})"
+          + (f", run_all {a.elapsed / 60:.1f} min" if a.elapsed is not None else ""))
+    print(table(res, a.markdown))
