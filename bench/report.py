@@ -70,6 +70,27 @@ def table(res: dict, markdown: bool) -> str:
     return "\n".join(lines)
 
 
+def throughput(res: dict) -> str:
+    """tokens/s (real, unpadded input tokens) of each arm, and MFU where a peak is known (gpu profile)."""
+    d = res.get("details", {})
+    lines = []
+    for fig, arms in (("rft_over_sft", ("sft", "rft")), ("engine_over_hf_trainer", ("hf",))):
+        x = d.get(fig)
+        if not x:
+            continue
+        for a in arms:
+            mfu = x.get("mfu", {}).get(a)
+            lines.append(f"  train {a:<4} {x['tokens_per_s'][a]:>10.0f} tokens/s"
+                         + (f"   MFU {100 * mfu:.1f}%" if mfu is not None else "   MFU n/a (no peak FLOP/s on CPU)"))
+    x = d.get("label_over_floor")
+    if x:
+        mfu = x.get("mfu_loop")
+        lines.append(f"  label loop {x['label_tokens_per_s_loop']['all']:>8.0f} tokens/s "
+                     f"({x['label_tokens_per_s_loop']['loss']:.0f} loss tokens/s)"
+                     + (f"   MFU {100 * mfu:.1f}%" if mfu is not None else "   MFU n/a (no peak FLOP/s on CPU)"))
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--elapsed", type=float, default=None)
@@ -82,3 +103,6 @@ if __name__ == "__main__":
     print(f"\nbench results ({res.get('profile', '?')} profile, {RESULTS})"
           + (f", run_all {a.elapsed / 60:.1f} min" if a.elapsed is not None else ""))
     print(table(res, a.markdown))
+    tp = throughput(res)
+    if tp:
+        print("\nthroughput (steady-state steps; label: forward loop, 2 models)\n" + tp)

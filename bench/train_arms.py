@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 from pathlib import Path
 
 from common import (BENCH, data_slice, launch, median, models, peak_flops, profile_name, say, sizes, work_dir)
