@@ -58,6 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    rc = _run(args)
+    if "torch" in sys.modules:  # commands that started a process group end it (rft_ds/dist.py: teardown)
+        from rft_ds import dist
+
+        dist.shutdown(ok=rc == 0)
+        if rc != 0:
+            dist.exit_now(rc)
+    return rc
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except RftDsError as e:

@@ -18,6 +18,15 @@ A dead rank is reported, never a silent hang (docs/reliability.md). With more th
     this rank and host, the collective, how long it waited, the timeout in force, and which peers
     stopped sending heartbeats (or exited with which error), and tells the user to check their logs;
   * SIGTERM (the launcher stopping the survivors once one rank died) prints one line saying so.
+
+Teardown (`shutdown`, called by the CLI when a command ends): a process that exits with a live gloo
+process group may abort at interpreter exit with "terminate called without an active exception"
+(SIGABRT, exit -6): its worker threads are destroyed un-joined when the group's destructor never
+runs (pytorch/pytorch#190489; the c10d tests' own fix, #65513, is an explicit destroy). So a command
+that succeeded meets its peers at a barrier, stops its heartbeat and destroys the process group.
+A command that failed does not destroy it (a destroy can wait on peers still inside a collective:
+torchtitan#1342); with peers it flushes its output and leaves with `os._exit`, skipping the
+teardown that would abort, so its exit status is its own (2 for a clear error).
 """
 
 from __future__ import annotations
@@ -78,6 +87,35 @@ def init(timeout_min: float = DEFAULT_TIMEOUT_MIN) -> None:
     deepspeed.init_distributed(timeout=datetime.timedelta(minutes=timeout_min), auto_mpi_discovery=False)
     if world_size() > 1:
         _install_failure_reporting()
+
+
+def shutdown(ok: bool) -> None:
+    """End this process's part in the process group (see the module docstring). No-op without one."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return
+    if ok:
+        if world_size() > 1:
+            barrier()  # every rank finished its collectives: nobody destroys a group a peer still uses
+        hb = _state["hb"]
+        if hb is not None:
+            hb.close()
+            _state["hb"] = None
+        tdist.destroy_process_group()
+    elif world_size() == 1:
+        tdist.destroy_process_group()  # no peer to wait for: safe, and the exit stays clean
+
+
+def exit_now(code: int) -> None:
+    """Leave at once with `code` when peers may still be in a collective (a failed command on more
+    than one rank): flush what was printed and skip the interpreter teardown. Returns otherwise."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized() and world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def warn_stale_build_locks(max_age_s: float = 600.0) -> list[str]:
