@@ -22,7 +22,8 @@ COMMAND_MODULES = [
     "rft_ds.tiny",          # tiny-model
     "rft_ds.train_cli",     # train, shad-train
     "rft_ds.label",         # label
-    "rft_ds.viz",           # view, plot
+    "rft_ds.view",          # view
+    "rft_ds.plot",          # plot
     "rft_ds.convert",       # convert
     "rft_ds.evaluate",      # evaluate
     "rft_ds.memory",        # estimate-memory

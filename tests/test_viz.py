@@ -19,7 +19,7 @@ from rft_ds.cli import main
 from rft_ds.errors import ConfigError, DataError
 from rft_ds.fsio import write_json
 from rft_ds.masks import make_record, meta_path, read_masks
-from rft_ds import viz
+from rft_ds import plot, view
 
 import browser
 
@@ -254,10 +254,10 @@ def test_view_warns_on_other_tokenizer(world, tmp_path):
 
 
 def test_uncovered_text():
-    assert viz.uncovered_text("abc def", ["abc", " def", "<|im_end|>"], True) == ""
-    assert viz.uncovered_text("abc def", ["abc", " d"], False) == "ef"
-    assert viz.uncovered_text("abc def", [], False) == "abc def"
-    rest = viz.uncovered_text("héllo world", ["h", "\ufffd", "\ufffd", "llo"], False)  # lossy decode: estimate
+    assert view.uncovered_text("abc def", ["abc", " def", "<|im_end|>"], True) == ""
+    assert view.uncovered_text("abc def", ["abc", " d"], False) == "ef"
+    assert view.uncovered_text("abc def", [], False) == "abc def"
+    rest = view.uncovered_text("héllo world", ["h", "\ufffd", "\ufffd", "llo"], False)  # lossy decode: estimate
     assert rest and "héllo world".endswith(rest)
 
 
@@ -370,7 +370,7 @@ def test_plot_runs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "'plain' has no loss_b/loss_r" in printed and "reasoning-token loss" in printed
 
-    info = viz.plot_runs([str(plain)], str(tmp_path / "plain.png"), labels=["baseline"])
+    info = plot.plot_runs([str(plain)], str(tmp_path / "plain.png"), labels=["baseline"])
     assert info["panels"] == ["total loss"]
     w1, _ = _check_png(tmp_path / "plain.png")
     assert w1 < w3
@@ -384,32 +384,32 @@ def test_plot_errors(tmp_path, capsys):
     empty.mkdir()
     out = tmp_path / "c.png"
     with pytest.raises(DataError, match=r"empty_run/metrics\.jsonl.*metrics file not found"):
-        viz.plot_runs([str(empty)], str(out))
+        plot.plot_runs([str(empty)], str(out))
     assert main(["plot", str(empty), "--output", str(out)]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
     assert not out.exists()
 
     with pytest.raises(DataError, match="run directory not found"):
-        viz.plot_runs([str(tmp_path / "nope")], str(out))
+        plot.plot_runs([str(tmp_path / "nope")], str(out))
 
     bad = _write_run(tmp_path / "bad", 5, extra="not json\n" + json.dumps({"step": 7, "loss": 1.0}) + "\n")
     with pytest.raises(DataError, match=r"bad/metrics\.jsonl:6: malformed JSON"):
-        viz.plot_runs([str(bad)], str(out))
+        plot.plot_runs([str(bad)], str(out))
 
     nostep = tmp_path / "nostep"
     nostep.mkdir()
     (nostep / "metrics.jsonl").write_text('{"loss": 1.0}\n')
     with pytest.raises(DataError, match="'step'"):
-        viz.plot_runs([str(nostep)], str(out))
+        plot.plot_runs([str(nostep)], str(out))
 
     ok = _write_run(tmp_path / "ok", 5)
     with pytest.raises(ConfigError, match="--labels"):
-        viz.plot_runs([str(ok)], str(out), labels=["a", "b"])
+        plot.plot_runs([str(ok)], str(out), labels=["a", "b"])
     with pytest.raises(ConfigError, match="--smooth"):
-        viz.plot_runs([str(ok)], str(out), smooth=0)
+        plot.plot_runs([str(ok)], str(out), smooth=0)
     assert not out.exists()
 
 
 def test_moving_average():
-    assert viz.moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
-    assert viz.moving_average([5.0], 10) == [5.0]
+    assert plot.moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+    assert plot.moving_average([5.0], 10) == [5.0]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedded default (`make demo`): SHAD -> label -> RFT, plus an SFT baseline, on the bundled
 # tool-use data (data/demo), with a tiny Llama, 2 local ranks, ZeRO-3, CPU. Every size and step
-# count is a variable below; override any of them from the environment (e.g. SEEDS="0 1 2").
+# count is a variable below; override any of them from the environment (e.g. SEEDS="0 1 2");
+# STOP_AFTER=label ends the run after step (2) (tests/test_demo_shad.py checks the labels that far).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -15,6 +16,9 @@ cd "$(dirname "$0")/../.."
 # the tiny base model (step 0 stands in for pretraining: on a cluster it is your HF model)
 : "${VOCAB:=1000}" ; : "${HIDDEN:=128}" ; : "${LAYERS:=2}" ; : "${HEADS:=4}"
 : "${WARM_STEPS:=400}" ; : "${WARM_LR:=4e-3}"
+# warm-up data: this many freshly generated tasks (another seed, never a held-out argument combination),
+# so the base sees each task about once, as in pretraining, instead of five epochs of the training set
+: "${WARM_SAMPLES:=8000}"
 # step 1: SHAD tuning on shuffled (context -> turn) pairs. The paper uses 1% of a large data set;
 # 1200 samples need a larger share for the tiny model to see the template often enough.
 : "${SHUFFLE_FRACTION:=0.1}" ; : "${SHAD_STEPS:=80}" ; : "${SHAD_LR:=1e-3}"
@@ -29,10 +33,11 @@ TRAIN=(--deepspeed "$DS_CONFIG" --micro-batch-size "$MICRO_BATCH" --max-seq-len 
 start=$(date +%s)
 mkdir -p "$OUT"
 
-# (0) tiny base model: tokenizer trained on the data, random Llama, warmed on the tasks in another style
+# (0) tiny base model: tokenizer trained on the data, random Llama, warmed on fresh tasks in another style
 rft-ds tiny-model --data "$DATA/train.jsonl" --output "$OUT/init" --vocab-size "$VOCAB" \
   --hidden-size "$HIDDEN" --layers "$LAYERS" --heads "$HEADS"
-rft-ds demo-warmup-data --data "$DATA/train.jsonl" --output "$OUT/warmup.jsonl"
+rft-ds demo-data --output-dir "$OUT/pretrain" --n-train "$WARM_SAMPLES" --n-heldout 0 --seed 1
+rft-ds demo-warmup-data --data "$OUT/pretrain/train.jsonl" --output "$OUT/warmup.jsonl"
 run train --model "$OUT/init" --data "$OUT/warmup.jsonl" --output "$OUT/base" "${TRAIN[@]}" \
   --max-steps "$WARM_STEPS" --lr "$WARM_LR" --seed 0
 # (1) SHAD: tune a copy of the base on shuffled pairs
@@ -41,6 +46,7 @@ run shad-train --model "$OUT/base/final" --data "$DATA/train.jsonl" --output "$O
 # (2) label every assistant token: LD = l_shad - l_base
 run label --base "$OUT/base/final" --shad "$OUT/shad/final" --data "$DATA/train.jsonl" \
   --output "$OUT/masks.jsonl" --batch-size 16 --max-seq-len "$MAX_SEQ_LEN" --overwrite
+[[ "${STOP_AFTER:-}" == label ]] && { echo "demo: stopped after labeling (STOP_AFTER=label): $OUT/masks.jsonl"; exit 0; }
 # (3) RFT and the SFT baseline (SFT gets the masks only to log per-class losses)
 for seed in $SEEDS; do
   for loss in rft sft; do

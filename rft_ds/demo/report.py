@@ -560,17 +560,17 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
     }
 
     # ---- pictures
-    from rft_ds import viz
+    from rft_ds import plot, view
 
     t1 = time.time()
     curves = demo / "curves.png"
     html = demo / "masks.html"
     with contextlib.redirect_stdout(sys.stderr):
-        viz.plot_runs([str(paths[f"sft:{seeds[0]}"]), str(paths[f"rft:{seeds[0]}"])], str(curves),
-                      labels=[f"SFT (seed {seeds[0]})", f"RFT (seed {seeds[0]})"], smooth=smooth)
-    vtok, source = viz.load_tokenizer(str(paths["masks"]), str(paths["base"]))
-    page, vsum = viz.build_page(str(paths["masks"]), str(paths["train"]), masks, train, vtok, source,
-                                max_samples=view_samples)
+        plot.plot_runs([str(paths[f"sft:{seeds[0]}"]), str(paths[f"rft:{seeds[0]}"])], str(curves),
+                       labels=[f"SFT (seed {seeds[0]})", f"RFT (seed {seeds[0]})"], smooth=smooth)
+    vtok, source = view.load_tokenizer(str(paths["masks"]), str(paths["base"]))
+    page, vsum = view.build_page(str(paths["masks"]), str(paths["train"]), masks, train, vtok, source,
+                                 max_samples=view_samples)
     with atomic_write(html) as f:
         f.write(page)
     timing["pictures_s"] = time.time() - t1
