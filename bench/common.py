@@ -37,14 +37,14 @@ PROFILES = {
     "cpu": dict(vocab=1000, hidden=128, layers=2, heads=4, precision="fp32",
                 # training arms (figures 1, 2): steps per launch, warm-up steps skipped, launch rounds
                 train_samples=448, train_steps=26, warmup_steps=4, rounds=4, micro_batch=8, grad_accum=1,
-                max_seq_len=512, label_batch=16,
+                max_seq_len=512, label_batch=16, label_config="ds_configs/zero0.json",
                 # labeling (figures 3, 6): samples of the 1x point; figure 3 labels 4x
                 label_samples_1x=300,
                 # memory (figure 5): a model where parameters dominate (~100M)
                 mem_hidden=1024, mem_layers=6, mem_heads=8, mem_seq_len=224),
     "gpu": dict(vocab=1000, hidden=1024, layers=12, heads=16, precision="bf16",
                 train_samples=960, train_steps=60, warmup_steps=5, rounds=3, micro_batch=8, grad_accum=1,
-                max_seq_len=512, label_batch=16,
+                max_seq_len=512, label_batch=16, label_config="ds_configs/zero0.json",
                 label_samples_1x=300,
                 mem_hidden=2048, mem_layers=2, mem_heads=16, mem_seq_len=512),
 }

@@ -17,8 +17,9 @@ floor = the faster of the worker's floor variants that ran (default schedule: fl
 floor_len, naive; BENCH_FLOOR_SCHEDULE adds floor_sample, one sample at a time).
 
     python bench/fig3_label_floor.py [--fixes]
---fixes also times label with the proposed fixes (one intra-op thread per rank; + ZeRO stage 0
-for a model that fits on every rank), see BENCHMARKS.md.
+label runs as the demo does: both models whole on every rank (ds_configs/zero0.json, the measured
+fix 1 of BENCHMARKS.md). --fixes also times one intra-op thread per rank, and the partitioned ZeRO-3
+path (ds_configs/zero3.json) for comparison.
 """
 
 import argparse
@@ -26,7 +27,7 @@ import json
 import os
 
 import label_runs
-from common import BENCH, launch, median, models, n_params, peak_flops, save_figure, say, sizes, work_dir
+from common import BENCH, ROOT, launch, median, models, n_params, peak_flops, save_figure, say, sizes, work_dir
 
 TARGETS = {"label_over_floor": "<= 1.25", "label_speedup_vs_naive": ">= 3x"}
 
@@ -47,12 +48,6 @@ def worker(n: int, check_masks: str) -> dict:
     return res
 
 
-def stage0_config() -> str:
-    p = work_dir() / "label" / "zero0.json"
-    p.write_text(json.dumps({"zero_optimization": {"stage": 0}}))
-    return str(p)
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixes", action="store_true")
@@ -67,9 +62,8 @@ if __name__ == "__main__":
     if a.fixes:
         omp = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // s["nproc"]))}
         fixes["threads"] = label_runs.label_once(n, "threads", extra_env=omp)
-        fixes["threads+zero0"] = label_runs.label_once(n, "threads+zero0", ["--deepspeed", stage0_config()],
-                                                       extra_env=omp)
-        fixes["zero0"] = label_runs.label_once(n, "zero0", ["--deepspeed", stage0_config()])
+        # the partitioned path, for comparison (label's default without --deepspeed, and 70B-class runs)
+        fixes["zero3"] = label_runs.label_once(n, "zero3", ["--deepspeed", ROOT / "ds_configs" / "zero3.json"])
     label_runs.record(runs + list(fixes.values()))
 
     floor_name = min((k for k in ("floor_len", "floor_sample") if k in fl["median"]), key=lambda k: fl["median"][k])

@@ -6,14 +6,16 @@ import json
 import re
 from pathlib import Path
 
-from common import data_slice, launch, models, say, sizes, work_dir
+from common import ROOT, data_slice, launch, models, say, sizes, work_dir
 
 LOOP_RE = re.compile(r"(\d+) tokens this run at (\d+) tokens/s \(([\d.]+)s, (\d+) ranks\)")
 LOAD_RE = re.compile(r"loaded base and SHAD models \((\w+)\) in ([\d.]+)s")
 
 
 def label_once(n_samples: int, tag: str, extra_args: list | None = None, extra_env: dict | None = None) -> dict:
-    """One whole `rft-ds label` command (demo settings: 2 ranks, batch 16, max-seq-len 512).
+    """One whole `rft-ds label` command (demo settings: 2 ranks, batch 16, max-seq-len 512, both models
+    whole on every rank: --deepspeed ds_configs/zero0.json; BENCH_LABEL_CONFIG=ds_configs/zero3.json
+    measures the partitioned path).
     Returns wall (the whole command: launcher, process start, imports, tokenization, model load,
     forward loop, chunk files, merge, exit) and loop (label's own figure: the forward loop only)."""
     s = sizes()
@@ -24,7 +26,8 @@ def label_once(n_samples: int, tag: str, extra_args: list | None = None, extra_e
     out = w / f"masks-{n_samples}.jsonl"
     wall, text, cpu = launch(["label", "--base", base, "--shad", shad, "--data", data, "--output", out,
                          "--batch-size", s["label_batch"], "--max-seq-len", s["max_seq_len"], "--overwrite",
-                         "--precision", s["precision"], *(extra_args or [])], s["nproc"],
+                         "--precision", s["precision"], "--deepspeed", ROOT / s["label_config"], *(extra_args or [])],
+                        s["nproc"],
                         log=w / f"label-{n_samples}-{tag}.log", extra_env=extra_env)
     m = LOOP_RE.search(text)
     ld = LOAD_RE.search(text)

@@ -82,9 +82,13 @@ def init(timeout_min: float = DEFAULT_TIMEOUT_MIN) -> None:
     acc = get_accelerator()
     if acc.device_name() != "cpu":
         acc.set_device(local_rank())
+    else:
+        cpu_threads()
     _state["timeout_min"] = float(timeout_min)
     warn_stale_build_locks()
     deepspeed.init_distributed(timeout=datetime.timedelta(minutes=timeout_min), auto_mpi_discovery=False)
+    if acc.device_name() == "cpu":
+        _unlink_shm_segment()
     if world_size() > 1:
         _install_failure_reporting()
 
@@ -116,6 +120,40 @@ def exit_now(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def cpu_threads() -> int:
+    """On CPU, give each local rank its share of this process's cores as intra-op threads (torch's
+    default is every core per rank: 2 ranks on 2 cores ran label's forward loop 30% slower,
+    BENCHMARKS.md figure 3). OMP_NUM_THREADS, when set, wins (DeepSpeed's --bind_cores_to_rank sets
+    it). Returns the thread count in force."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // max(1, int(os.environ.get("LOCAL_SIZE", 1)))))
+    return torch.get_num_threads()
+
+
+def shm_segment_path(r: int | None = None) -> str:
+    """The POSIX shm segment DeepSpeed's CPU all-reduce (deepspeed_shm_comm) makes for rank r."""
+    return (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank() if r is None else r}")
+
+
+def _unlink_shm_segment() -> None:
+    """On CPU with every rank on one machine, `init_distributed` loads DeepSpeed's shared-memory
+    all-reduce, which creates one ~66 MB segment in /dev/shm per rank and never unlinks it: every
+    launch leaked 66 MB x ranks of RAM (19 GB in /dev/shm after a day of tests here). Inside
+    `init_distributed` every rank has mapped every peer's segment, so after a barrier the names can
+    go: the mappings stay valid and the memory is freed when the last rank exits, SIGKILL included."""
+    import torch.distributed as tdist
+
+    if world_size() > 1:
+        tdist.barrier()
+    with contextlib.suppress(OSError):
+        os.unlink(shm_segment_path())
 
 
 def warn_stale_build_locks(max_age_s: float = 600.0) -> list[str]:

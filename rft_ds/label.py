@@ -188,7 +188,9 @@ def label(a: argparse.Namespace) -> int:
     ds.pop("gradient_clipping", None)
     t0 = time.time()
     engines = [_load_engine(d, ds, precision, a.logits_chunk, a.attn_implementation) for d in (a.base, a.shad)]
-    dist.log(f"label: loaded base and SHAD models ({precision}) in {time.time() - t0:.1f}s")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    dist.log(f"label: loaded base and SHAD models ({precision}, ZeRO stage {stage}: "
+             f"{'partitioned over the ranks' if stage == 3 else 'whole on every rank'}) in {time.time() - t0:.1f}s")
     device = engines[0].device
     dummy = batches[-1]
 

@@ -71,6 +71,14 @@ def test_one_rank_gives_identical_file(lab):
     assert out.read_bytes() == lab["reference"].read_bytes()
 
 
+def test_replicated_models_give_identical_file(lab):
+    """ds_configs/zero0.json keeps both models whole on every rank (no ZeRO-3 gathers): same bytes."""
+    out = lab["dir"] / "masks-zero0.jsonl"
+    r = ds_launch(_args(lab, out, "--deepspeed", ROOT / "ds_configs" / "zero0.json"), nproc=2)
+    assert "ZeRO stage 0: whole on every rank" in r.stdout
+    assert out.read_bytes() == lab["reference"].read_bytes()
+
+
 @pytest.mark.parametrize("kill_at", [0, 3])
 def test_sigkill_then_rerun_is_byte_identical(lab, kill_at):
     """Rank 0 SIGKILLs itself right after writing chunk `kill_at` (a deterministic crash point);

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 : "${DATA:=data/demo}"                   # train.jsonl, heldout.jsonl, roles.jsonl
 : "${HOSTFILE:=hostfiles/localhost}"     # localhost slots=2: two ranks on this machine
 : "${DS_CONFIG:=ds_configs/zero3.json}"
+: "${LABEL_DS_CONFIG:=ds_configs/zero0.json}"  # labeling: 2 tiny models fit every rank whole
 : "${SEEDS:=0 1}"                        # RFT and SFT are each trained once per seed
 : "${MAX_SEQ_LEN:=512}"
 : "${MICRO_BATCH:=8}"                    # per rank: global batch = 2 ranks x 8 = 16
@@ -44,8 +45,9 @@ run train --model "$OUT/init" --data "$OUT/warmup.jsonl" --output "$OUT/base" "$
 run shad-train --model "$OUT/base/final" --data "$DATA/train.jsonl" --output "$OUT/shad" "${TRAIN[@]}" \
   --shuffle-fraction "$SHUFFLE_FRACTION" --max-steps "$SHAD_STEPS" --lr "$SHAD_LR" --seed 0
 # (2) label every assistant token: LD = l_shad - l_base
+#     both models whole on every rank (ZeRO stage 0): they fit, and nothing is all-gathered per layer
 run label --base "$OUT/base/final" --shad "$OUT/shad/final" --data "$DATA/train.jsonl" \
-  --output "$OUT/masks.jsonl" --batch-size 16 --max-seq-len "$MAX_SEQ_LEN" --overwrite
+  --output "$OUT/masks.jsonl" --batch-size 16 --max-seq-len "$MAX_SEQ_LEN" --overwrite --deepspeed "$LABEL_DS_CONFIG"
 [[ "${STOP_AFTER:-}" == label ]] && { echo "demo: stopped after labeling (STOP_AFTER=label): $OUT/masks.jsonl"; exit 0; }
 # (3) RFT and the SFT baseline (SFT gets the masks only to log per-class losses)
 for seed in $SEEDS; do

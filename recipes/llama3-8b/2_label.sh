@@ -6,6 +6,8 @@
 # Memory: `rft-ds estimate-memory --model llama3-8b --nodes 2 --gpus-per-node 8 --grad-ckpt`
 #   train ~16 GiB/GPU on 2x8 GPUs (one 8x80GB node also fits, ~24 GiB/GPU: a one-line hostfile);
 #   label (two models, forward only) ~6-8 GiB/GPU.
+#   DS_CONFIG=ds_configs/zero0.json keeps both models whole on every GPU instead (2 x 16 GB in bf16 on
+#   80 GB GPUs): no per-layer all-gathers, faster; same masks, byte for byte.
 # Every variable can be set in the environment: `OUT=/shared/runs/x bash recipes/llama3-8b/2_label.sh`.
 # Relative paths are relative to the repository root. MODEL, DATA and OUT must be readable (OUT
 # writable) at the same path on every node (docs/multi-node.md).

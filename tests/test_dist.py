@@ -18,13 +18,19 @@ import pytest
 from launchutil import BIN, ROOT, env, free_port
 
 PROBE = textwrap.dedent("""
-    import sys, threading
+    import os, sys, threading
     import torch, torch.distributed as td
+    import deepspeed.comm as dscomm
     from rft_ds import dist
     dist.init(1.0)
     t = torch.ones(1)
     dist.all_reduce_sum(t)
     assert t.item() == dist.world_size(), t
+    # DeepSpeed's CPU shm all-reduce keeps working after its /dev/shm names are gone (none leak)
+    assert not any(os.path.exists(dist.shm_segment_path(r)) for r in range(dist.world_size()))
+    u = torch.full((1000,), float(dist.rank() + 1))
+    dscomm.inference_all_reduce(u)
+    assert torch.all(u == sum(range(1, dist.world_size() + 1))), u[:4]
     if dist.world_size() > 1:
         assert dist._state["hb"] is not None and dist._state["hb"].thread.is_alive()
     hb = dist._state["hb"]
@@ -73,3 +79,18 @@ def test_cli_destroys_the_group_it_started(tiny_dir, demo_slice, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "rc 0 initialized False" in r.stdout
     assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+@pytest.mark.parametrize("local_size,omp,expect", [("2", None, "half"), ("1", None, "all"), ("2", "1", "1")])
+def test_cpu_threads_share_the_cores_among_local_ranks(local_size, omp, expect):
+    code = ("import os, torch; from rft_ds import dist; n = dist.cpu_threads(); "
+            "print(n, len(os.sched_getaffinity(0)), torch.get_num_threads())")
+    e = env({"LOCAL_SIZE": local_size})
+    e.pop("OMP_NUM_THREADS", None)
+    if omp:
+        e["OMP_NUM_THREADS"] = omp
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    n, cores, now = map(int, r.stdout.split())
+    assert n == now
+    assert n == {"half": max(1, cores // 2), "all": cores, "1": 1}[expect]
