@@ -133,10 +133,30 @@ def resolve_precision(cfg: TrainConfig, on_gpu: bool) -> str:
     return cfg.precision
 
 
+# ZeRO sizes that Hugging Face's DeepSpeed integration fills from the model when they are "auto"
+# (transformers.integrations.deepspeed): configs written for HF Trainer work here unchanged.
+ZERO_AUTO_FROM_HIDDEN = {
+    "reduce_bucket_size": lambda h: h * h,
+    "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
+    "stage3_param_persistence_threshold": lambda h: 10 * h,
+}
+
+
+def fill_zero_auto(ds: dict, hidden_size: int | None) -> dict:
+    """Replace "auto" ZeRO bucket sizes with Hugging Face's rules from the model's hidden size
+    (in place; returns ds). Without a hidden size they stay "auto" and the caller's check names them."""
+    zero = ds.get("zero_optimization") or {}
+    for key, rule in ZERO_AUTO_FROM_HIDDEN.items():
+        if zero.get(key) == "auto" and hidden_size:
+            zero[key] = rule(int(hidden_size))
+    return ds
+
+
 def resolve_ds_config(raw: dict, cfg: TrainConfig, world: int, on_gpu: bool, src: str = "ds_config",
-                      training: bool = True) -> dict:
+                      training: bool = True, hidden_size: int | None = None) -> dict:
     """Fill "auto" values and check the JSON against the flags. Mutates nothing; returns a copy.
-    Also sets cfg.micro_batch_size / cfg.grad_accum to the resolved values."""
+    Also sets cfg.micro_batch_size / cfg.grad_accum to the resolved values. `hidden_size` (the
+    model's) fills "auto" ZeRO bucket sizes as Hugging Face does (ZERO_AUTO_FROM_HIDDEN)."""
     ds = copy.deepcopy(raw)
     mb = _take(f"{src}: train_micro_batch_size_per_gpu", ds.get("train_micro_batch_size_per_gpu"),
                "--micro-batch-size", cfg.micro_batch_size, 1)
@@ -179,6 +199,7 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world: int, on_gpu: bool, src
     if not on_gpu and prec == "fp16":
         raise ConfigError(f"{src}: fp16 needs a GPU; use --precision fp32 or bf16 on CPU")
     zero = ds.setdefault("zero_optimization", {})
+    fill_zero_auto(ds, hidden_size)
     if zero.get("stage") == 3:
         if zero.get("stage3_gather_16bit_weights_on_model_save") is False:
             raise ConfigError(f"{src}: stage3_gather_16bit_weights_on_model_save is false, so the final "

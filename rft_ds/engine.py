@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
 
     from rft_ds.masks import read_masks
     from rft_ds.modeling import (TokenLossModel, consolidated_state_dict, load_causal_lm, load_tokenizer,
-                                 save_hf_checkpoint)
+                                 model_hidden_size, save_hf_checkpoint)
 
     cfg.check()
     dist.init(cfg.dist_timeout_min)
@@ -189,7 +189,8 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     # ---- DeepSpeed config, model, engine
     on_gpu = dist.on_gpu()
     raw = load_ds_config(cfg.deepspeed) if cfg.deepspeed else default_ds_config()
-    ds = resolve_ds_config(raw, cfg, W, on_gpu, src=cfg.deepspeed or "default ds_config")
+    ds = resolve_ds_config(raw, cfg, W, on_gpu, src=cfg.deepspeed or "default ds_config",
+                           hidden_size=model_hidden_size(cfg.model))
     precision = "bf16" if ds["bf16"].get("enabled") else "fp16" if ds["fp16"].get("enabled") else "fp32"
     B, GA = cfg.micro_batch_size, cfg.grad_accum
     G = B * GA * W

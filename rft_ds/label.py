@@ -100,13 +100,13 @@ def label(a: argparse.Namespace) -> int:
     import torch
 
     from rft_ds import dist
-    from rft_ds.config import load_ds_config
+    from rft_ds.config import fill_zero_auto, load_ds_config
     from rft_ds.data.batching import collate
     from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_conversation, ensure_chat_template, tokenizer_fingerprint
     from rft_ds.fsio import atomic_write, dumps_line, fault_point, write_json
     from rft_ds.masks import meta_path
-    from rft_ds.modeling import load_tokenizer
+    from rft_ds.modeling import load_tokenizer, model_hidden_size
 
     dist.init(a.dist_timeout_min)
     W, R = dist.world_size(), dist.rank()
@@ -186,6 +186,11 @@ def label(a: argparse.Namespace) -> int:
     ds["bf16"] = {"enabled": precision == "bf16"}
     ds["fp16"] = {"enabled": precision == "fp16"}
     ds.pop("gradient_clipping", None)
+    fill_zero_auto(ds, model_hidden_size(a.base))
+    left = sorted(k for k, v in (ds.get("zero_optimization") or {}).items() if v == "auto")
+    if left:
+        raise ConfigError(f"{a.deepspeed}: zero_optimization {', '.join(left)} \"auto\" but the base model's config "
+                          "has no hidden_size to fill them from; give values")
     t0 = time.time()
     engines = [_load_engine(d, ds, precision, a.logits_chunk, a.attn_implementation) for d in (a.base, a.shad)]
     stage = ds.get("zero_optimization", {}).get("stage", 0)

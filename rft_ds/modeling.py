@@ -37,6 +37,19 @@ def torch_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def model_hidden_size(model_dir: str) -> int | None:
+    """The model's hidden size from its config (for "auto" ZeRO bucket sizes); None if unreadable
+    (loading the model then reports the real problem)."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
+    cfg = getattr(cfg, "text_config", None) or cfg  # multimodal configs nest the language model's
+    return getattr(cfg, "hidden_size", None)
+
+
 def load_causal_lm(model_dir: str, precision: str, attn_implementation: str = "sdpa"):
     """from_pretrained; call while an HfDeepSpeedConfig for a ZeRO-3 config is alive so weights are
     loaded straight into partitions (zero.Init)."""

@@ -276,3 +276,18 @@ def test_masks_duplicate_empty_missing(tmp_path):
 def test_validate_record_returns_the_record():
     rec = make_record("a", "fp", [turn()])
     assert validate_record(rec, "f", 1) is rec
+
+
+def test_hf_style_auto_zero_bucket_sizes_follow_the_hidden_size():
+    """Configs written for HF Trainer set the ZeRO bucket sizes to "auto": filled the way transformers
+    fills them (hidden^2, 0.9 hidden^2, 10 hidden); without a hidden size they stay an error."""
+    raw = load_ds_config(str(DS_DIR / "zero3.json"))
+    for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
+        raw["zero_optimization"][key] = "auto"
+    ds = resolve_ds_config(raw, cfg(), 2, on_gpu=True, hidden_size=4096)
+    z = ds["zero_optimization"]
+    assert (z["reduce_bucket_size"], z["stage3_prefetch_bucket_size"], z["stage3_param_persistence_threshold"]) == \
+        (4096 * 4096, int(0.9 * 4096 * 4096), 40960)
+    assert raw["zero_optimization"]["reduce_bucket_size"] == "auto"  # the input is not mutated
+    with pytest.raises(ConfigError, match=r"zero_optimization\.reduce_bucket_size"):
+        resolve_ds_config(raw, cfg(), 2, on_gpu=True)

@@ -79,6 +79,20 @@ def test_replicated_models_give_identical_file(lab):
     assert out.read_bytes() == lab["reference"].read_bytes()
 
 
+def test_hf_style_auto_zero_buckets_partition_and_give_identical_file(lab):
+    """An HF-Trainer-style config ("auto" ZeRO bucket sizes) is filled from the base model's hidden
+    size; at hidden 32 that partitions every weight of the tiny model (the shipped zero3.json keeps
+    them whole): the masks must not change by a byte."""
+    cfg = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
+        cfg["zero_optimization"][key] = "auto"
+    path = lab["dir"] / "zero3-hf-auto.json"
+    path.write_text(json.dumps(cfg))
+    out = lab["dir"] / "masks-hf-auto.jsonl"
+    ds_launch(_args(lab, out, "--deepspeed", path), nproc=2)
+    assert out.read_bytes() == lab["reference"].read_bytes()
+
+
 @pytest.mark.parametrize("kill_at", [0, 3])
 def test_sigkill_then_rerun_is_byte_identical(lab, kill_at):
     """Rank 0 SIGKILLs itself right after writing chunk `kill_at` (a deterministic crash point);
