@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         from rft_ds import dist
 
         dist.shutdown(ok=rc == 0)
-        if rc != 0:
-            dist.exit_now(rc)
+        dist.exit_now(rc)  # with peers: leave here, past the teardown that can abort
     return rc
 
 

@@ -25,8 +25,9 @@ process group may abort at interpreter exit with "terminate called without an ac
 runs (pytorch/pytorch#190489; the c10d tests' own fix, #65513, is an explicit destroy). So a command
 that succeeded meets its peers at a barrier, stops its heartbeat and destroys the process group.
 A command that failed does not destroy it (a destroy can wait on peers still inside a collective:
-torchtitan#1342); with peers it flushes its output and leaves with `os._exit`, skipping the
-teardown that would abort, so its exit status is its own (2 for a clear error).
+torchtitan#1342). With peers, either way, the process then flushes its output and leaves with
+`os._exit` (`exit_now`), skipping the interpreter teardown where the abort happens (the destroy
+alone did not stop it: CI saw it again), so its exit status is its own (2 for a clear error).
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ DEFAULT_HEARTBEAT_S = 2.0
 _KEY = "rft_ds/"
 # substrings of gloo / NCCL / c10d errors raised when a peer is gone or the timeout expired
 _COMM_MARKERS = ("gloo", "nccl", "connection reset", "connection closed", "closed by peer", "connection refused",
-                 "broken pipe", "timed out", "watchdog", "tcpstore", "c10d")
+                 "broken pipe", "timed out", "timeout", "pair closure", "watchdog", "tcpstore", "c10d")
 
 _state: dict = {"timeout_min": DEFAULT_TIMEOUT_MIN, "hb": None, "terminating": False, "reporting": False,
-                "hooked": False}
+                "hooked": False, "multi_rank": False}
 
 
 class RankFailure(RftDsError, RuntimeError):
@@ -90,6 +91,7 @@ def init(timeout_min: float = DEFAULT_TIMEOUT_MIN) -> None:
     if acc.device_name() == "cpu":
         _unlink_shm_segment()
     if world_size() > 1:
+        _state["multi_rank"] = True
         _install_failure_reporting()
 
 
@@ -112,11 +114,16 @@ def shutdown(ok: bool) -> None:
 
 
 def exit_now(code: int) -> None:
-    """Leave at once with `code` when peers may still be in a collective (a failed command on more
-    than one rank): flush what was printed and skip the interpreter teardown. Returns otherwise."""
-    import torch.distributed as tdist
+    """End a command that ran on more than one rank: flush what was printed and leave with `code`,
+    skipping the interpreter teardown (returns at once in a world of one). After a failure a peer
+    may still be inside a collective; after a success the group is already destroyed, yet CI still
+    saw a rank abort at exit, after its work was saved, with "terminate called without an active
+    exception" (threads of torch/gloo/DeepSpeed objects destroyed un-joined during finalization).
+    Every output is written and closed before this point, so nothing is lost by skipping it."""
+    if _state["multi_rank"]:
+        import logging
 
-    if tdist.is_available() and tdist.is_initialized() and world_size() > 1:
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -39,6 +39,8 @@ PROBE = textwrap.dedent("""
     assert dist._state["hb"] is None and (hb is None or not hb.thread.is_alive()), "heartbeat thread still running"
     dist.shutdown(ok=True)  # a second call is a no-op
     print(f"rank {dist.rank()} of {dist.world_size()}: torn down", flush=True)
+    dist.exit_now(0)  # with peers: leave past the interpreter teardown, as the CLI does
+    assert dist.world_size() == 1, "exit_now returned on more than one rank"
 """)
 
 

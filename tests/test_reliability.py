@@ -567,6 +567,8 @@ def test_comm_failure_recognised():
     assert dist.looks_like_comm_failure(RuntimeError(
         "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 30000ms for recv operation"))
     assert dist.looks_like_comm_failure(RuntimeError("NCCL communicator was aborted on rank 3"))
+    # gloo words a process-group timeout in more than one way; CI saw this one (no "gloo" in it)
+    assert dist.looks_like_comm_failure(RuntimeError("Application timeout caused pair closure"))
     assert not dist.looks_like_comm_failure(ValueError("Connection reset"))
     assert not dist.looks_like_comm_failure(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert issubclass(dist.RankFailure, RftDsError)  # the CLI prints it as one line and exits 2
