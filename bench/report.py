@@ -16,6 +16,7 @@ ORDER = [
     ("padding_share", "4. padding share of computed tokens (max of train, label)"),
     ("param_memory_ratio_2_over_1", "5. held memory per rank, 2 ranks / 1 rank (~100M params)"),
     ("label_scaling_exponent", "6. label loop time vs samples, log-log slope"),
+    ("loss_memory_over_one_chunk_floor", "7. token-loss peak memory / one-chunk floor (worst case)"),
 ]
 
 
@@ -34,6 +35,10 @@ def notes(res: dict) -> dict:
         out["rft_over_sft"] = f"per round {d['rft_over_sft']['per_round']}"
     if "engine_over_hf_trainer" in d:
         out["engine_over_hf_trainer"] = f"per round {d['engine_over_hf_trainer']['per_round']}"
+    if "loss_memory_over_one_chunk_floor" in d:
+        c = max(d["loss_memory_over_one_chunk_floor"]["cases"], key=lambda r: r["before_bytes"])
+        out["loss_memory_over_one_chunk_floor"] = (f"V={c['vocab']} N={c['tokens']}: before {c['before_over_floor']:.1f}x "
+                                                   f"({c['before_bytes'] / 2**30:.1f} GiB), after {c['after_over_floor']:.2f}x")
     if "padding_share" in d:
         x = d["padding_share"]
         out["padding_share"] = f"train {x['train']['share']:.3f}, label {x['label']['share']:.3f}"

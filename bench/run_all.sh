@@ -30,4 +30,5 @@ run bench/fig2_engine_vs_hf.py --reuse         # figure 2 from the same launches
 run bench/fig3_label_floor.py ${BENCH_FIXES:+--fixes}
 run bench/fig6_label_scaling.py --reuse        # the 4x point from figure 3's runs
 run bench/fig5_memory.py
+run bench/fig7_loss_memory.py                   # token-loss peak memory vs the one-chunk floor (~4 min)
 run bench/report.py --elapsed $(( $(date +%s) - start ))

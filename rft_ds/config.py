@@ -44,10 +44,14 @@ class TrainConfig:
     overwrite: bool = False
     precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     group_by_length: bool = True
-    logits_chunk: int = 8192
+    logits_chunk: int = 1024            # loss positions per lm_head call; = estimate-memory --loss-chunk-tokens
     grad_ckpt: bool = False
     attn_implementation: str = "sdpa"
     dist_timeout_min: float = 120.0
+    # observability
+    report_to: str = "none"              # none | tensorboard | wandb | csv (DeepSpeed's monitor)
+    log_every_s: float = 30.0            # plain progress line every N s when stderr is not a terminal
+    peak_tflops: float | None = None     # per-device peak for MFU; default: table by GPU name (GPU only)
     # RFT
     masks: str | None = None
     tau: float = DEFAULT_TAU

@@ -428,13 +428,36 @@ def _guard(what: str, fn, *args):
         raise RankFailure(describe_failure(what, e, elapsed)) from e
 
 
+def _check_device(what: str, t: torch.Tensor) -> None:
+    """NCCL reduces accelerator tensors only (a CPU tensor passes on gloo and crashes on GPUs):
+    refuse, with the caller's mistake named, a tensor that is not on this rank's device."""
+    want = device()
+    if t.device != want:
+        raise RuntimeError(f"rft-ds bug: collective '{what}' got a tensor on {t.device}, this rank's backend "
+                           f"needs {want}; create it with device=engine.device")
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all ranks, in place; returns it. One collective on every rank."""
+    """Sum a tensor over all ranks, in place; returns it. One collective on every rank. The tensor
+    must be on this rank's device (`device()`, the engine's)."""
     import torch.distributed as dist
 
+    _check_device("all_reduce", t)
     if world_size() > 1:
         _guard("all_reduce", dist.all_reduce, t)
     return t
+
+
+def all_reduce_max_int(n: int, dev: torch.device | None = None) -> int:
+    """The maximum of an integer over all ranks (one collective on every rank)."""
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return int(n)
+    t = torch.tensor([int(n)], dtype=torch.int64, device=dev if dev is not None else device())
+    _check_device("all_reduce(max)", t)
+    _guard("all_reduce", dist.all_reduce, t, dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def all_gather_object(obj) -> list:

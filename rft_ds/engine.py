@@ -33,6 +33,8 @@ from rft_ds.data.render import Encoded, encode_dataset, tokenizer_fingerprint
 from rft_ds.errors import ConfigError, MasksError
 from rft_ds.fsio import append_line, atomic_write, dumps_line, fault_point, read_jsonl_tail_safe, write_json
 from rft_ds.losses import REASONING, BOILERPLATE, class_sums, rft_batch_micro, rft_per_sample
+from rft_ds.monitor import Progress, model_flop_counts, monitor_config, peak_flops, step_flops
+from rft_ds.monitor import write as write_monitor
 
 UNMASKED = 2  # class of tokens of samples trained with SFT under --missing-masks sft
 
@@ -191,6 +193,7 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     raw = load_ds_config(cfg.deepspeed) if cfg.deepspeed else default_ds_config()
     ds = resolve_ds_config(raw, cfg, W, on_gpu, src=cfg.deepspeed or "default ds_config",
                            hidden_size=model_hidden_size(cfg.model))
+    monitor_config(ds, cfg.report_to, str(out))
     precision = "bf16" if ds["bf16"].get("enabled") else "fp16" if ds["fp16"].get("enabled") else "fp32"
     B, GA = cfg.micro_batch_size, cfg.grad_accum
     G = B * GA * W
@@ -222,6 +225,10 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt, config=ds,
                                            lr_scheduler=sched)
     device = engine.device
+    engine.module.check_logits(device, precision)
+    flop_counts = model_flop_counts(hf.config)
+    peak = peak_flops(torch.cuda.get_device_name() if on_gpu and torch.cuda.is_available() else None,
+                      cfg.peak_tflops)
 
     start = _load_checkpoint(engine, out) if cfg.resume else 0
     if dist.is_main():
@@ -241,9 +248,10 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     has_classes = cfg.masks is not None
     rft = cfg.loss == "rft"
     epoch_cache: dict[int, list[list[int]]] = {}
-    log_every = max(1, total // 20)
+    progress = Progress(total, "step", cfg.log_every_s, initial=start, enabled=dist.is_main())
     engine.train()
     for step in range(start, total):
+        t_step = time.time()
         epoch, k = divmod(step, steps_per_epoch)
         if epoch not in epoch_cache:
             epoch_cache.clear()
@@ -252,14 +260,18 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
         micro = [collate([None if i == DUMMY else encs[i] for i in part], tok.pad_token_id, dummy).to(device)
                  for part in split_global_batch(gb, lengths, W, B, GA, R)]
 
-        # counts of the whole step (global): tokens, samples with tokens, boilerplate, reasoning
-        cnt = torch.zeros(4, dtype=torch.float64, device=device)
+        # counts of the whole step (global): loss tokens, samples with loss tokens, boilerplate, reasoning;
+        # for throughput and MFU: input (non-padding) tokens and the sum of squared sample lengths
+        cnt = torch.zeros(6, dtype=torch.float64, device=device)
         for mb in micro:
             cnt[0] += mb.targets.numel()
             cnt[1] += torch.unique(mb.seg).numel()
             cnt[2] += (mb.classes == BOILERPLATE).sum()
             cnt[3] += (mb.classes == REASONING).sum()
-        N, S, NB, NR = dist.all_reduce_sum(cnt).tolist()
+            lens = mb.attention_mask.sum(1).double()
+            cnt[4] += lens.sum()
+            cnt[5] += (lens * lens).sum()
+        N, S, NB, NR, T_in, T_sq = dist.all_reduce_sum(cnt).tolist()
 
         # metric sums: ce_sum, tokens, sum_b, sum_r, objective, w_b sum, w_r sum, weighted samples
         acc = torch.zeros(8, dtype=torch.float64, device=device)
@@ -297,10 +309,13 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
             acc[4] += obj
         acc = dist.all_reduce_sum(acc).tolist()
         gn = engine.get_global_grad_norm()
+        dt = time.time() - t_step
         row = {"step": step + 1, "loss": acc[4] if rft else acc[0] / max(N, 1.0),
                "grad_norm": float(gn) if gn is not None else None, "lr": lr,
                "tokens": int(N), "samples": int(S), "epoch": epoch + k / steps_per_epoch,
-               "elapsed_s": round(time.time() - t_start, 3)}
+               "elapsed_s": round(time.time() - t_start, 3), "step_time_s": round(dt, 4),
+               "input_tokens": int(T_in), "tokens_per_s": round(T_in / dt, 2), "samples_per_s": round(S / dt, 4),
+               "mfu": round(step_flops(flop_counts, T_in, T_sq) / dt / (peak * W), 5) if peak else None}
         if rft:
             row["sft_loss"] = acc[0] / max(N, 1.0)
         if has_classes:
@@ -310,14 +325,19 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
             row.update(w_b=acc[5] / acc[7] if acc[7] else None, w_r=acc[6] / acc[7] if acc[7] else None)
         if dist.is_main():
             append_line(out / "metrics.jsonl", row)
-            if (step + 1) % log_every == 0 or step + 1 == total:
-                extra = f" loss_b {row['loss_b']:.4f} loss_r {row['loss_r']:.4f}" if has_classes and NB and NR else ""
-                print(f"step {step + 1}/{total} loss {row['loss']:.4f}{extra} grad_norm {row['grad_norm']:.4f} "
-                      f"lr {lr:.2e} ({row['elapsed_s']:.1f}s)", flush=True)
+            write_monitor(engine.monitor, row)
+            progress.update(loss=row["loss"], loss_b=row.get("loss_b"), loss_r=row.get("loss_r"),
+                            grad_norm=row["grad_norm"] if row["grad_norm"] is not None else "n/a", lr=lr,
+                            tokens_per_s=row["tokens_per_s"], mfu=row["mfu"])
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
             _save_checkpoint(engine, out, step + 1, cfg)
         fault_point("train-step", step + 1)
 
+    progress.close()
+    if dist.is_main() and getattr(engine.monitor, "wandb_monitor", None) is not None:
+        import wandb  # noqa: PLC0415
+
+        wandb.finish()  # before the process leaves with os._exit: the run's files are complete
     # ---- final consolidated save (every rank takes part in the gather)
     sd = consolidated_state_dict(engine)
     if dist.is_main():

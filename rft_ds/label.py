@@ -25,10 +25,10 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
+from rft_ds.config import TrainConfig
 from rft_ds.errors import ConfigError, MasksError
 from rft_ds.fsio import command_line
 
@@ -71,11 +71,11 @@ def _records_for_batch(encs, idx: list[int], ce_base, ce_shad, margin: float, fp
         for t, m in enumerate(e.msg_index):
             if m < 0 or t < 1:
                 continue
-            ld = round(shad[pos] - base[pos], 6)
+            ld = shad[pos] - base[pos]
             turn = turns[m]
             turn["token_ids"].append(e.input_ids[t])
-            turn["labels"].append(1 if ld > margin else 0)
-            turn["loss_diff"].append(ld)
+            turn["labels"].append(1 if ld > margin else 0)  # the threshold sees LD unrounded
+            turn["loss_diff"].append(round(ld, 6))
             pos += 1
         out.append(make_record(e.id, fp, [turns[m] for m in e.assistant_messages]))
     assert pos == len(base), (pos, len(base))
@@ -92,6 +92,7 @@ def _load_engine(model_dir: str, ds: dict, precision: str, chunk: int, attn: str
     hf = load_causal_lm(model_dir, precision, attn)
     engine, *_ = deepspeed.initialize(model=TokenLossModel(hf, chunk), config=ds)
     engine.eval()
+    engine.module.check_logits(engine.device, precision)
     del keep
     return engine
 
@@ -199,11 +200,10 @@ def label(a: argparse.Namespace) -> int:
     device = engines[0].device
     dummy = batches[-1]
 
-    progress = None
-    if dist.is_main() and pending:
-        from tqdm import tqdm
+    from rft_ds.monitor import Progress
 
-        progress = tqdm(total=len(pending) * per_chunk, desc="label rounds", unit="round", file=sys.stderr)
+    progress = Progress(len(pending) * per_chunk, "label rounds", a.log_every_s, unit="round",
+                        enabled=dist.is_main() and bool(pending))
     t_fwd = time.time()
     n_tok = 0
     with torch.no_grad():
@@ -217,18 +217,17 @@ def label(a: argparse.Namespace) -> int:
                 if j < len(batches):
                     recs += _records_for_batch(encs, idx, ce[0], ce[1], a.margin, fp)
                     n_tok += mb.targets.numel()
-                if progress:
-                    progress.update(1)
+                # this rank's loss tokens x ranks: an estimate of the job's rate, without a collective
+                progress.update(1, tokens_per_s=round(n_tok * W / max(time.time() - t_fwd, 1e-9)))
             gathered = dist.all_gather_object(recs)
             if dist.is_main():
                 rows = [rec for part in gathered for rec in part]
                 with atomic_write(work / f"chunk-{k:06d}.jsonl") as f:
                     f.writelines(dumps_line(rec) for rec in rows)
             fault_point("label-chunk", k)
-    if progress:
-        progress.close()
+    progress.close()
     elapsed = time.time() - t_fwd
-    n_tok = int(dist.all_reduce_sum(torch.tensor([float(n_tok)], dtype=torch.float64)).item())
+    n_tok = int(dist.all_reduce_sum(torch.tensor([float(n_tok)], dtype=torch.float64, device=device)).item())
     dist.barrier()
 
     # ---- merge on rank 0: input order, coverage, atomic
@@ -279,9 +278,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=float, default=0.0, help="label 1 iff LD > margin (paper: 0)")
     p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON (its ZeRO section is used); default ZeRO-3")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--logits-chunk", type=int, default=8192)
+    p.add_argument("--logits-chunk", type=int, default=TrainConfig.logits_chunk,
+                   help="loss positions per lm_head call (the same default as train and estimate-memory)")
     p.add_argument("--attn-implementation", default="sdpa")
     p.add_argument("--rounds-per-chunk", type=int, default=4, help="rounds (one batch per rank) per chunk file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing masks file / unfinished work")
     p.add_argument("--dist-timeout-min", type=float, default=120.0)
+    p.add_argument("--log-every-s", type=float, default=TrainConfig.log_every_s,
+                   help="when stderr is not a terminal: one progress line every N seconds (a bar otherwise)")
     p.set_defaults(func=label)

@@ -28,16 +28,52 @@ import torch.nn.functional as F
 BOILERPLATE, REASONING, UNLABELED = 0, 1, -1
 
 
-def chunked_token_ce(hidden: torch.Tensor, head, targets: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def _chunk_ce(h: torch.Tensor, head, targets: torch.Tensor, transform) -> torch.Tensor:
+    logits = head(h).float()
+    if transform is not None:
+        logits = transform(logits)
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def n_head_calls(n_tokens: int, chunk: int) -> int:
+    """Head calls `chunked_token_ce` makes for `n_tokens` loss tokens (at least 1: a rank without
+    loss tokens still calls the head once, so ZeRO-3 sees the same modules on every rank)."""
+    return max(1, -(-n_tokens // chunk))
+
+
+def chunked_token_ce(hidden: torch.Tensor, head, targets: torch.Tensor, chunk: int = 1024,
+                     calls: int | None = None, transform=None) -> torch.Tensor:
     """Cross-entropy (fp32, nats) of `targets` [N] given final hidden states [N, H] and the output
-    head, `chunk` positions at a time: never the [N, vocab] fp32 logits of the whole sequence at once."""
-    if hidden.shape[0] == 0:
-        # Keep the graph connected to the head so ZeRO-3 sees the same parameters on every rank.
-        return head(hidden).float().sum(-1)
+    head, `chunk` positions at a time.
+
+    Memory: at most one chunk's [chunk, vocab] fp32 logits (and their log-softmax and gradient) are
+    alive at once, in forward *and* backward: with autograd on and more than one chunk, each chunk
+    runs under activation checkpointing, so backward recomputes that chunk's logits from the saved
+    hidden states instead of keeping every chunk's log-softmax (N x vocab x 4 bytes, whatever the
+    chunk size). The price is one more head forward per chunk (bench/fig7_loss_memory.py).
+
+    Lockstep: the head is called `calls` times (default: as many as this rank needs); the extra
+    calls are on empty chunks. Under ZeRO-3 each head call can all-gather the head's weights, so
+    every rank must make the same number: the caller passes the maximum over the ranks.
+    `transform` maps fp32 logits before the loss (an architecture's final-logit processing)."""
+    n = hidden.shape[0]
+    need = n_head_calls(n, chunk)
+    calls = need if calls is None else calls
+    if calls < need:
+        raise ValueError(f"chunked_token_ce: {calls} head calls cannot cover {n} tokens in chunks of {chunk}")
+    # One chunk: what backward keeps is one chunk's log-softmax anyway, so recomputing gains nothing.
+    # `calls` is the same on every rank, so every rank makes the same choice (and head calls in backward).
+    recompute = calls > 1 and torch.is_grad_enabled() and (
+        hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     out = []
-    for s in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[s: s + chunk]).float()
-        out.append(F.cross_entropy(logits, targets[s: s + chunk], reduction="none"))
+    for i in range(calls):
+        h, t = hidden[i * chunk: (i + 1) * chunk], targets[i * chunk: (i + 1) * chunk]
+        if recompute:
+            from torch.utils.checkpoint import checkpoint
+
+            out.append(checkpoint(_chunk_ce, h, head, t, transform, use_reentrant=False))
+        else:
+            out.append(_chunk_ce(h, head, t, transform))
     return torch.cat(out)
 
 

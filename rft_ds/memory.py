@@ -41,9 +41,12 @@ Activations (bf16, FlashAttention/SDPA so no seq x seq matrix), per decoder laye
     (HF upcasts to fp32: 4 B input copy + 2 B normalized output each), q and attention output,
     k and v, gate/up/SiLU/product; with --grad-ckpt only the
     2 B x h hidden state at each layer boundary plus one layer's full activations (the layer being
-    recomputed). The loss computes logits only for loss tokens, in chunks; we assume every token is
-    a loss token and one chunk of --loss-chunk-tokens (default 1024) tokens is alive at a time:
-    bf16 logits + fp32 log-softmax + fp32 grad = 10 B per token x vocab (label: 6 B, no grad).
+    recomputed). The loss computes logits only for loss tokens, in chunks, and recomputes each
+    chunk in backward, so one chunk of --loss-chunk-tokens (default 1024, = train/label
+    --logits-chunk) tokens is alive at a time; we assume every token is a loss token. Training:
+    16 B per token x vocab (bf16 logits, their fp32 copy, fp32 log-softmax, its fp32 gradient and
+    the bf16 gradient of the logits; bench/fig7_loss_memory.py measures 12-14 B in fp32, where the
+    bf16 tensors do not exist). Label (no grad): 10 B (bf16 logits, fp32 copy, fp32 log-softmax).
 Passes: `train` (SHAD tuning, SFT and RFT have the same footprint); `label` runs two models of this
 architecture forward only (no grads, no optimizer), one after the other, both resident.
 Host memory per node: resident offloaded state, or when nothing is offloaded the load-time peak
@@ -348,6 +351,10 @@ def layer_activation_bytes(arch: Arch, tokens: int, lora_rank: int = 0) -> int:
     return tokens * per_token
 
 
+# bytes per (loss token x vocab entry) of the one logits chunk alive in training (see the docstring)
+LOSS_CHUNK_TRAIN_B = BF16 + FP32 + FP32 + FP32 + BF16
+
+
 def layer_forward_peak_bytes(arch: Arch, tokens: int) -> int:
     """Largest transient working set inside one decoder layer's forward without autograd."""
     h, i = arch.hidden_size, arch.intermediate_size
@@ -361,13 +368,13 @@ def activation_bytes(arch: Arch, s: Settings, train: bool) -> int:
     chunk = min(s.loss_chunk_tokens, tokens)
     hidden = tokens * BF16 * arch.hidden_size
     if not train:
-        return hidden + layer_forward_peak_bytes(arch, tokens) + chunk * arch.vocab_size * (BF16 + FP32)
+        return hidden + layer_forward_peak_bytes(arch, tokens) + chunk * arch.vocab_size * (BF16 + FP32 + FP32)
     layer = layer_activation_bytes(arch, tokens, s.lora_rank)
     if s.grad_ckpt:
         body = arch.num_hidden_layers * hidden + layer
     else:
         body = arch.num_hidden_layers * layer
-    head = 3 * hidden + chunk * arch.vocab_size * (BF16 + FP32 + FP32)  # final RMSNorm (6 B/h) + logits chunk
+    head = 3 * hidden + chunk * arch.vocab_size * LOSS_CHUNK_TRAIN_B  # final RMSNorm (6 B/h) + one logits chunk
     return body + head
 
 

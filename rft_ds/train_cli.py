@@ -8,6 +8,7 @@ import sys
 from rft_ds.fsio import command_line
 
 from rft_ds.config import DEFAULT_TAU, TrainConfig
+from rft_ds.monitor import REPORT_TO
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: bf16 on GPU, fp32 on CPU (or what the JSON pins)")
     g.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
-    g.add_argument("--logits-chunk", type=int, default=8192, help="loss positions per lm_head chunk")
+    g.add_argument("--logits-chunk", type=int, default=TrainConfig.logits_chunk,
+                   help="loss positions per lm_head call: at most this many x vocab fp32 logits are alive at once "
+                        "(recomputed per chunk in backward)")
     g.add_argument("--grad-ckpt", action="store_true", help="non-reentrant gradient checkpointing")
     g.add_argument("--attn-implementation", default="sdpa", help="sdpa | flash_attention_2 | eager")
     g.add_argument("--lora-rank", type=int, default=0, help="> 0: train a LoRA adapter (peft) instead of all weights")
@@ -46,6 +49,14 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a finished run in OUTPUT")
     g.add_argument("--dist-timeout-min", type=float, default=120.0,
                    help="process-group timeout (minutes): a dead rank is reported after this long")
+    g = p.add_argument_group("observability")
+    g.add_argument("--report-to", choices=list(REPORT_TO), default=TrainConfig.report_to,
+                   help="also send every metrics.jsonl scalar to TensorBoard, W&B (offline without WANDB_API_KEY) "
+                        "or CSV files through DeepSpeed's monitor; a section already in the JSON is respected")
+    g.add_argument("--log-every-s", type=float, default=TrainConfig.log_every_s,
+                   help="when stderr is not a terminal: one progress line every N seconds (a bar otherwise)")
+    g.add_argument("--peak-tflops", type=float, default=None,
+                   help="per-device peak TFLOP/s for MFU (default: bf16 peak by GPU name; none on CPU)")
 
 
 def add_rft_flags(p: argparse.ArgumentParser) -> None:

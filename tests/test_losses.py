@@ -338,3 +338,54 @@ def test_chunked_token_ce_empty_is_connected():
     assert out.shape == (0,) and out.requires_grad
     out.sum().backward()
     assert head.weight.grad is not None and torch.equal(head.weight.grad, torch.zeros_like(head.weight))
+
+
+def test_chunked_token_ce_pads_to_the_given_head_calls_in_forward_and_backward():
+    """Lockstep under ZeRO-3: `calls` head calls whatever this rank's token count, in forward and
+    again in backward (each chunk is recomputed there), with the same values and gradients."""
+    head, hidden, targets = _head_case(7)
+    seen = []
+    hook = head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    h1 = hidden.clone().requires_grad_()
+    got = chunked_token_ce(h1, head, targets, chunk=3, calls=5)
+    assert seen == [3, 3, 1, 0, 0]
+    got.sum().backward()
+    assert sorted(seen[5:]) == [0, 0, 1, 3, 3]  # backward recomputed every chunk, the empty ones too
+    hook.remove()
+    h2 = hidden.clone().requires_grad_()
+    ref = F.cross_entropy(head(h2), targets, reduction="none")
+    g_w = head.weight.grad.clone()
+    head.weight.grad = None
+    ref.sum().backward()
+    assert torch.allclose(got, ref, atol=1e-6) and torch.allclose(h1.grad, h2.grad, atol=1e-6)
+    assert torch.allclose(g_w, head.weight.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot cover"):
+        chunked_token_ce(hidden, head, targets, chunk=3, calls=2)
+
+
+def test_chunked_token_ce_keeps_no_logits_for_backward():
+    """What autograd saves for backward is the hidden states and targets, not N x vocab logits."""
+    n, v = 64, 1000
+    head, hidden, targets = _head_case(n, h=6, v=v)
+    h = hidden.clone().requires_grad_()
+    saved = []
+
+    def pack(x):
+        saved.append(x.numel() * x.element_size())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        chunked_token_ce(h, head, targets, chunk=8)
+    one_chunk_logits = 8 * v * 4
+    assert sum(saved) < one_chunk_logits, (sum(saved), one_chunk_logits)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):  # what plain chunking kept
+        torch.cat([F.cross_entropy(head(h[s: s + 8]), targets[s: s + 8], reduction="none") for s in range(0, n, 8)])
+    assert sum(saved) >= n * v * 4
+
+
+def test_chunked_token_ce_applies_the_logit_transform():
+    head, hidden, targets = _head_case(5)
+    got = chunked_token_ce(hidden, head, targets, chunk=2, transform=lambda x: torch.tanh(x / 3.0) * 3.0)
+    ref = F.cross_entropy(torch.tanh(head(hidden) / 3.0) * 3.0, targets, reduction="none")
+    assert torch.allclose(got, ref, atol=1e-6)

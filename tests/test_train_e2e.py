@@ -77,3 +77,19 @@ def test_bad_data_fails_with_file_and_line(run, tmp_path):
     assert r.returncode == 2
     assert f"{bad}:2: field 'messages[1].role': unknown role 'wizard'" in r.stderr
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_zero_stage0_trains_and_matches_zero3(run, tmp_path):
+    """ZeRO stage 0 (ds_configs/zero0.json) has no global grad norm: the step line prints "n/a"
+    instead of crashing at the first log line, metrics.jsonl records null, and the step-1 loss is
+    the ZeRO-3 run's."""
+    out = tmp_path / "zero0"
+    common = [a if a != ROOT / "ds_configs" / "zero3.json" else ROOT / "ds_configs" / "zero0.json"
+              for a in run["common"]]
+    # the same global batch of 8 as the 2-rank run (1 rank x micro-batch 4 x accumulation 2)
+    r = plain(common + ["--output", out, "--max-steps", 2, "--micro-batch-size", 4])
+    rows = metrics(out)
+    assert [x["step"] for x in rows] == [1, 2] and all(x["grad_norm"] is None for x in rows)
+    assert "grad_norm n/a" in r.stdout
+    assert rel(rows[0]["loss"], metrics(run["full"])[0]["loss"]) < 1e-5
+    assert (out / "final" / "model.safetensors").exists()

@@ -4,9 +4,9 @@
 # Sharded over all GPUs; rank 0 gathers and writes $OUT/masks.jsonl (no shared filesystem needed
 # for the output; the models must be readable on every node). A rerun resumes finished chunks.
 # Memory: `rft-ds estimate-memory --model llama3-70b --nodes 2 --gpus-per-node 8 --grad-ckpt --offload all`
-#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json: ~23 GiB/GPU, ~830 GiB host
+#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json: ~16 GiB/GPU, ~920 GiB host
 #   memory per node, slower steps). With 4+ nodes use DS_CONFIG=ds_configs/zero3.json (no offload,
-#   ~48 GiB/GPU on 4x8: `... --nodes 4 --gpus-per-node 8 --grad-ckpt`). Label: ~14-22 GiB/GPU, no offload.
+#   ~48 GiB/GPU on 4x8: `... --nodes 4 --gpus-per-node 8 --grad-ckpt`). Label: ~6-15 GiB/GPU, no offload.
 # Every variable can be set in the environment: `OUT=/shared/runs/x bash recipes/llama3-70b/2_label.sh`.
 # Relative paths are relative to the repository root. MODEL, DATA and OUT must be readable (OUT
 # writable) at the same path on every node (docs/multi-node.md).

@@ -3,7 +3,7 @@
 # (context -> assistant turn) pairs, so it learns the data's boilerplate and none of its reasoning.
 # Output: $OUT/shad/final (full HF model) for 2_label.sh.
 # Memory: `rft-ds estimate-memory --model qwen2.5-72b --nodes 2 --gpus-per-node 8 --grad-ckpt --offload all`
-#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json, ~850 GiB host memory per
+#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json, ~950 GiB host memory per
 #   node); with 4+ nodes use DS_CONFIG=ds_configs/zero3.json (~50 GiB/GPU on 4x8). Label: no offload.
 # Every variable can be set in the environment: `OUT=/shared/runs/x bash recipes/qwen2.5-72b/1_shad.sh`.
 # Relative paths are relative to the repository root. MODEL, DATA and OUT must be readable (OUT

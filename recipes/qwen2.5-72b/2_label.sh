@@ -4,7 +4,7 @@
 # Sharded over all GPUs; rank 0 gathers and writes $OUT/masks.jsonl (no shared filesystem needed
 # for the output; the models must be readable on every node). A rerun resumes finished chunks.
 # Memory: `rft-ds estimate-memory --model qwen2.5-72b --nodes 2 --gpus-per-node 8 --grad-ckpt --offload all`
-#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json, ~850 GiB host memory per
+#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json, ~950 GiB host memory per
 #   node); with 4+ nodes use DS_CONFIG=ds_configs/zero3.json (~50 GiB/GPU on 4x8). Label: no offload.
 # Every variable can be set in the environment: `OUT=/shared/runs/x bash recipes/qwen2.5-72b/2_label.sh`.
 # Relative paths are relative to the repository root. MODEL, DATA and OUT must be readable (OUT

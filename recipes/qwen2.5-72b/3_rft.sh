@@ -3,7 +3,7 @@
 # the boilerplate and reasoning tokens of $OUT/masks.jsonl by softmax(class losses / TAU).
 # Output: $OUT/rft/final (HF model; with --lora-rank in EXTRA_ARGS, a peft adapter).
 # Memory: `rft-ds estimate-memory --model qwen2.5-72b --nodes 2 --gpus-per-node 8 --grad-ckpt --offload all`
-#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json, ~850 GiB host memory per
+#   2 nodes x 8x80GB need CPU offload (ds_configs/zero3_offload.json, ~950 GiB host memory per
 #   node); with 4+ nodes use DS_CONFIG=ds_configs/zero3.json (~50 GiB/GPU on 4x8). Label: no offload.
 # Every variable can be set in the environment: `OUT=/shared/runs/x bash recipes/qwen2.5-72b/3_rft.sh`.
 # Relative paths are relative to the repository root. MODEL, DATA and OUT must be readable (OUT
