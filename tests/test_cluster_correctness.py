@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -190,12 +188,11 @@ def test_label_every_ld_equals_two_plain_hf_forwards(setup, tmp_path):
                "--batch-size", 1, "--logits-chunk", 16, "--deepspeed", setup["dir"] / "z3-all.json"],
               extra_env=AUDIT)
     got = read_masks(str(out))
-    setup5 = dict(setup, data=data)
     from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_dataset
     from rft_ds.modeling import load_tokenizer
 
-    encs, _ = encode_dataset(read_conversations(data), load_tokenizer(str(setup5["model"])), 4096)
+    encs, _ = encode_dataset(read_conversations(data), load_tokenizer(str(setup["model"])), 4096)
     models = [AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32) for p in (setup["model"], shad / "final")]
     n = 0
     for e in encs:
