@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # DeepSpeed JIT-builds small CPU ops once; keep their cache with the venv.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install test demo clean
+.PHONY: install test demo demo-tiny sweep clean
 
 $(BIN)/rft-ds: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ test: install
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/demo/run.sh
+
+# The fast smoke run: a tiny random Llama warmed on generated data (about 5 min, no pretrained model).
+demo-tiny: $(BIN)/rft-ds
+	PATH="$(CURDIR)/$(BIN):$$PATH" OUT=outputs/demo-tiny bash recipes/demo/run_tiny.sh
+
+# The SHAD sweep of docs/shad-sweep.md (about 1 h on 2 cores; resumable).
+sweep: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/demo/sweep.sh
 
 clean:
 	rm -rf outputs .pytest_cache

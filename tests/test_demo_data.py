@@ -261,3 +261,114 @@ def test_short_enough_for_a_tiny_model(default_data):
     tools_called = {CALL_RE.match(m["content"])["tool"] for s in train for m in s["messages"]
                     if m["role"] == "assistant" and CALL_RE.match(m["content"])}
     assert tools_called == {t.name for t in gen.TOOLS}
+
+
+# ---------------------------------------------------------------------------------------------
+# the third truth: needs the input, given the message's own earlier text (generate.needs_input)
+# ---------------------------------------------------------------------------------------------
+def _shown(content: str, needs: str) -> str:
+    return "".join(ch if x == "1" else "_" for ch, x in zip(content, needs))
+
+
+def test_answer_templates_equal_the_answers():
+    """`answer_template` (read only by needs_input) writes exactly the sentence `answer` writes, and
+    every field value lies in the field's pool."""
+    rng = __import__("random").Random(5)
+    for tool in gen.TOOLS:
+        for _ in range(200):
+            args = tool.sample_args(rng)
+            obs = tool.observe(rng, args)
+            fields = {**args, **obs}
+            text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+            assert tool.answer(args, obs) == tool.answer_template.format(**text), tool.name
+            for k, v in text.items():
+                if k in tool.pools:
+                    pool = tool.pools[k]
+                    assert (pool == gen.NUMBER and re.fullmatch(r"-?\d+(\.\d+)?", v)) or v in pool, (tool.name, k, v)
+        for key, _ in tool.params:
+            assert key in tool.pools, (tool.name, key)
+
+
+def test_needs_input_by_hand():
+    c = ('Thought: I need the weather in Paris on 2025-05-03.\nAction: get_weather\n'
+         'Action Input: {"city": "Paris", "date": "2025-05-03"}')
+    got = gen.needs_input(c)
+    assert len(got) == len(c) + 1
+    # "need" (call, not answer) is open; "the" / "to" / "flights" ...; "weather" vs a stock symbol;
+    # Paris vs Prague after "P"; month and day digits. The tool name, the keys and the copied values
+    # of the Action Input, the year and the separators are all fixed by the text before them.
+    head = "___________n____th__w__________Pa____________05_03"
+    assert _shown(c, got) == head + "_" * (len(c) - len(head))
+    assert got[-1] == "0"  # nothing can follow the closing brace
+    a = "Thought: I have the answer.\nFinal Answer: TSLA closed at 389.81 USD on 2025-09-21."
+    got = gen.needs_input(a)
+    # "T" and "S": a symbol or "Try ..."; the number's every character and the space after it (the
+    # number could go on); the year is fixed. The end is open: a second sentence could follow.
+    assert _shown(a, got) == "___________h______________________________TS_____________389.81 ____________09_21_"
+    assert got[-1] == "1"
+    two = "Thought: I have the answer.\nFinal Answer: Your email to Bob was sent (M-1234). Try Blue Olive in Rome, rated 4.5."
+    got = gen.needs_input(two)
+    assert got[-1] == "0" and got[two.index(". Try") + 1] == "1"  # the space opening a second sentence
+
+
+def test_needs_input_rejects_other_text():
+    for bad in ("Thought: I need coffee.", "Hello", 'Thought: I need the weather in Paris on 2025-05-03.\nAction: get_stock_price'):
+        with pytest.raises(ValueError, match="not a demo assistant message"):
+            gen.needs_input(bad)
+
+
+def test_needs_input_on_generated_messages(small_data):
+    """On every generated message: needs-input reasoning lies inside the semantic reasoning slots,
+    except the call-or-answer word and the space opening a second answer sentence; tool names and
+    Action Inputs are never reasoning; every Thought value still needs the input somewhere."""
+    train, heldout, roles = small_data
+    n_call = n_answer = 0
+    for s, i, m, r, _ in _assistant_items(train + heldout, roles):
+        c = m["content"]
+        got = gen.needs_input(c)
+        assert len(got) == len(c) + 1 and set(got) <= {"0", "1"}
+        decision = len("Thought: I ")
+        assert got[decision] == "1" and got[:decision] == "0" * decision
+        allowed = {decision}
+        match = CALL_RE.match(c)
+        if match:
+            n_call += 1
+            assert got[match.end("intent"):len(c)] == "0" * (len(c) - match.end("intent")), (s["id"], c)
+            assert got[-1] == "0"
+            args = json.loads(match["input"])
+            for v in args.values():
+                v = v if isinstance(v, str) else json.dumps(v)
+                at = c.index(v, match.start("intent"))
+                assert "1" in got[at:at + len(v)], (s["id"], v)
+        else:
+            n_answer += 1
+            two = len(_runs(r)) == 2  # one '1' run per answer sentence
+            gap = [a for a, _ in _runs(r)][1:]
+            # the space opening the second sentence; a period right after a number (which could go on)
+            allowed |= {a - 1 for a in gap} | {k for k in range(1, len(c)) if c[k] == "." and r[k] == "0"
+                                                and c[k - 1].isdigit()}
+            assert got[-1] == ("0" if two else "1"), (s["id"], c)
+            for a in gap:
+                assert got[a - 1] == "1", (s["id"], c)
+        extra = [k for k in range(len(c)) if got[k] == "1" and r[k] == "0" and k not in allowed]
+        assert not extra, (s["id"], c, extra)
+    assert n_call > 300 and n_answer > 300
+
+
+def test_needs_input_kinds_split_values_from_template_choices(small_data):
+    c = ('Thought: I need the weather in Paris on 2025-05-03.\nAction: get_weather\n'
+         'Action Input: {"city": "Paris", "date": "2025-05-03"}')
+    k = gen.needs_input_kinds(c)
+    shown = "".join(ch if x == "0" else x for ch, x in zip(c, k))
+    # template choices: call or answer ("n"), which phrase ("th" of "the"/"to"..., "w" of "weather"
+    # vs a stock symbol); value choices: "Pa" (Paris, not Prague), the month and day digits
+    assert shown.startswith("Thought: I teed tte teather in vvris on 2025-vv-vv.\nAction: get_weather")
+    a = "Thought: I have the answer.\nFinal Answer: Try Blue Olive in Rome, rated 4.5."
+    k = gen.needs_input_kinds(a)
+    assert "".join(ch if x == "0" else x for ch, x in zip(a, k)) == \
+        "Thought: I tave the answer.\nFinal Answer: tty vvue Olive in vome, rated vttt"
+    assert k[-1] == "t"  # one sentence or two: a template choice
+    train, heldout, roles = small_data
+    for s, i, m, r, _ in _assistant_items(train[:100], roles):
+        kinds = gen.needs_input_kinds(m["content"])
+        assert kinds.replace("v", "1").replace("t", "1") == gen.needs_input(m["content"])

@@ -1,5 +1,5 @@
-"""SHAD on data whose token roles are known: the demo's own steps (0)-(2), run by the demo recipe
-itself (`STOP_AFTER=label bash recipes/demo/run.sh`: tiny base warmed on fresh tasks in another
+"""SHAD on data whose token roles are known: the tiny-model demo's own steps (0)-(2), run by its
+recipe (`STOP_AFTER=label bash recipes/demo/run_tiny.sh`: tiny base warmed on fresh tasks in another
 style, SHAD tuning on shuffled pairs, labeling, all 2-rank ZeRO-3 launches), then the labels
 compared with the generator's ground truth (`data/demo/roles.jsonl`).
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.launch
 
 def test_demo_shad_labels_agree_with_the_known_roles(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run(["bash", str(ROOT / "recipes" / "demo" / "run.sh")], cwd=ROOT, capture_output=True, text=True,
+    r = subprocess.run(["bash", str(ROOT / "recipes" / "demo" / "run_tiny.sh")], cwd=ROOT, capture_output=True, text=True,
                        timeout=1500, stdin=subprocess.DEVNULL, env=env({"OUT": str(out), "STOP_AFTER": "label"}))
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     assert "stopped after labeling" in r.stdout

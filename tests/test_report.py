@@ -326,3 +326,103 @@ def test_prefix_aware_truth_by_hand():
     # repeat the Thought's, so they become boilerplate; the tool name is new text and stays
     assert shown == ("________________the_TSLA_price_on_2025_09_21__________get_stock_price"
                      + "_" * (len(c) - 69))
+
+
+def _auc_brute(scores, truth):
+    pos = [s for s, t in zip(scores, truth) if t == 1]
+    neg = [s for s, t in zip(scores, truth) if t == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_roc_auc_equals_the_pairwise_count():
+    import random
+
+    rng = random.Random(3)
+    for trial in range(60):
+        n = rng.randint(2, 80)
+        # few distinct values: many ties, within and across classes
+        scores = [rng.choice([-2.0, -0.5, 0.0, 0.0, 0.25, 1.0, 3.0]) if trial % 2 else rng.gauss(0, 1)
+                  for _ in range(n)]
+        truth = [rng.randint(0, 1) for _ in range(n)]
+        if len(set(truth)) < 2:
+            assert rp.roc_auc(scores, truth) is None
+            continue
+        assert rp.roc_auc(scores, truth) == pytest.approx(_auc_brute(scores, truth), abs=1e-12)
+    assert rp.roc_auc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
+    assert rp.roc_auc([1, 2, 3, 4], [1, 1, 0, 0]) == 0.0
+    assert rp.roc_auc([5, 5, 5, 5], [1, 0, 1, 0]) == 0.5
+
+
+def test_fake_demo_auc_and_three_truths(fake_demo):
+    ag = fake_demo["report"]["shad_agreement"]
+    # LD is +1 on every true reasoning token and -0.5 on every true boilerplate one: perfect ranking
+    assert ag["ld_roc_auc"] == 1.0 and ag["ld_tokens"] == ag["tokens"]
+    for truth in ("prefix_aware", "needs_input"):
+        other = ag[truth]
+        assert other["tokens"] == ag["tokens"]
+        assert 0.5 < other["ld_roc_auc"] < 1.0  # the LD was built from the semantic truth only
+        assert other["true_reasoning_share"] < ag["true_reasoning_share"]
+    md = (fake_demo["demo"] / "report.md").read_text()
+    assert "| metric | semantic truth | prefix-aware truth | needs-input truth |" in md
+    assert f"| LD ROC AUC | {ag['ld_roc_auc']:.3f} |" in md
+    assert "needs-input" in md and "generate.py:needs_input" in md
+
+
+def test_needs_input_token_rule(fake_demo):
+    """Under the needs-input truth a token is reasoning if any character is; the end-of-turn token
+    takes the end-of-message character."""
+    assert rp.role_of_span("0010", 0, 4, "any") == 1 and rp.role_of_span("0010", 0, 4) == 0
+    assert rp.role_of_span("0000", 4, 4, "any", end=1) == 1 and rp.role_of_span("0000", 4, 4) == 0
+    from rft_ds.data.formats import read_conversations
+    from rft_ds.demo.generate import needs_input
+
+    tok, roles = fake_demo["tok"], fake_demo["roles"]
+    conv = read_conversations(fake_demo["data"] / "train.jsonl")[0]
+    derived = rp.needs_input_roles(conv, roles[conv.id])
+    assert set(derived) == set(roles[conv.id])
+    enc, offsets, classes = rp.token_truth(conv, tok, derived, rule="any")
+    for m, r in derived.items():
+        m = int(m)
+        content = conv.messages[m]["content"]
+        assert r == needs_input(content)
+        toks = [t for t, mi in enumerate(enc.msg_index) if mi == m and t >= 1]
+        assert classes[toks[-1]] == int(r[-1])  # the end-of-turn token
+        start = len(tok.apply_chat_template(conv.messages[:m], tokenize=False, add_generation_prompt=True))
+        for t in toks[:-1]:
+            a, b = offsets[t]
+            assert classes[t] == int("1" in r[max(a - start, 0):min(b - start, len(content))])
+
+
+def test_model_description_reads_the_fetch_record(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 30,
+                                                      "hidden_size": 576, "vocab_size": 49152,
+                                                      "tie_word_embeddings": True, "dtype": "float32"}))
+    (tmp_path / "rft_ds_fetch.json").write_text(json.dumps({"name": "smollm2-135m", "parameters": 134515008,
+                                                            "note": "Q4_1 GGUF dequantized to fp32"}))
+    d = rp.model_description(tmp_path)
+    assert d["name"] == "smollm2-135m" and d["architecture"]["num_hidden_layers"] == 30
+    rep = {"command": "x", "demo_dir": "d", "data_dir": "e", "model": d, "settings": {"SHAD_STEPS": "40"},
+           "phase_timings_s": [["shad", 100.0], ["label", 50.0]]}
+    md = rp.report_header(rep)
+    assert "smollm2-135m" in md and "30 layers" in md and "134,515,008 parameters" in md
+    assert "Q4_1 GGUF dequantized to fp32" in md and "| `SHAD_STEPS` | `40` |" in md
+    assert "| total (phases so far) | 150 |" in md
+
+
+def test_needs_input_breakdown(fake_demo):
+    from rft_ds.data.formats import read_conversations
+    from rft_ds.masks import read_masks
+
+    masks = read_masks(fake_demo["demo"] / "masks.jsonl")
+    convs = read_conversations(fake_demo["data"] / "train.jsonl")
+    bd = rp.needs_input_breakdown(masks, convs, fake_demo["tok"])
+    ni = fake_demo["report"]["shad_agreement"]["needs_input"]
+    c = ni["confusion"]
+    assert bd["value"]["tokens"] + bd["template_choice"]["tokens"] == c["tp"] + c["fn"]
+    recalled = bd["value"]["reasoning_recall"] * bd["value"]["tokens"] + \
+        bd["template_choice"]["reasoning_recall"] * bd["template_choice"]["tokens"]
+    assert recalled == pytest.approx(c["tp"])
+    assert 0.5 < bd["ld_roc_auc_values_only"] <= 1.0
+    assert ni["breakdown"] == json.loads(json.dumps(bd))
+    assert "template-choice" in (fake_demo["demo"] / "report.md").read_text()

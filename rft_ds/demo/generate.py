@@ -54,10 +54,32 @@ or its observations:
   ``Action Input: {`` example of boilerplate), ``Thought: I have the answer.\\nFinal Answer: ``, the
   period closing each answer sentence and the space between two answer sentences.
 
-These are semantic ground-truth roles. SHAD labels tokens by predictability, so inside a '1' slot
-a token that the output prefix alone already determines (the rest of a city name after its first
-token; the tool name once the Thought's intent phrase named it; the per-tool words of an answer
-sentence) can legitimately come out '0'. Compare SHAD against these roles with that in mind.
+Three truths (all reported by `rft-ds demo-report`; none is tuned to SHAD's output)
+-----------------------------------------------------------------------------------
+1. **semantic** (the roles above, ``roles.jsonl``): what depends on this sample's input.
+2. **prefix-aware** (``rft_ds.demo.report.prefix_aware``, derived from 1): minus any word or value
+   already written earlier in the same message (the Action Input repeating the Thought's values) and
+   the non-alphanumeric characters inside slots. It still counts as reasoning what the earlier text
+   *implies* without repeating it: the tool name after a Thought that names the task, the fixed words
+   of an intent phrase after its first word.
+3. **needs-input** (``needs_input(content)`` below, computed from the message text and this module's
+   templates and value pools): a character is '1' iff the message's own earlier text does not
+   determine it -- among all assistant messages this generator can write that begin with the same
+   text, more than one next character (or the end of the message) is possible. That is exactly what a
+   model tuned on shuffled pairs can and cannot predict, so it is the truth SHAD's LD aims at. The
+   tool name, the Action Input (keys, punctuation and its copied values), the year of a date, the
+   words of an intent phrase or answer sentence once its first word has named the tool are '0';
+   the characters of a value that do pick it from its pool ("Pa" of Paris, which Prague shares
+   only the "P" with), every digit and the character after a number (it could go on), the
+   call-or-answer word ("need"/"have") and the space opening a second answer sentence are '1'. The
+   string has one extra character for the end of the message (the end-of-turn token): '1' after a
+   one-sentence answer (a second sentence could follow), else '0'. A token is reasoning under this
+   truth if any of its characters is (a token is predictable only if all its characters are).
+   Observation values are treated as unpredictable even where a table determines them (a
+   translation, a conversion result).
+
+SHAD labels tokens by predictability, so against the semantic roles a token that the output prefix
+alone already determines can legitimately come out '0'; compare with the needs-input truth for that.
 
 Everything is deterministic from ``--seed``: private ``random.Random`` instances (never the global
 one), fixed pool order, no set/dict-order dependence.
@@ -65,8 +87,10 @@ one), fixed pool order, no set/dict-order dependence.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -147,6 +171,20 @@ TRANSLATIONS = [
 ]
 
 
+# Every string a field can take, for the third truth (`needs_input`): the same ranges as the samplers
+# and observation makers below. NUMBER: any JSON number (its characters are never predictable).
+NUMBER = "number"
+DATES = [f"2025-{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29)]
+TIMES = [f"{h:02d}:{mm}" for h in range(8, 19) for mm in ("00", "15", "30", "45")]
+CURRENCY_CODES = [c for c, _ in CURRENCIES]
+UNIT_NAMES = sorted({u for f, t, _, _ in UNIT_PAIRS for u in (f, t)})
+PHRASES = [t for t, _ in TRANSLATIONS]
+TRANSLATED = [x for _, outs in TRANSLATIONS for x in outs]
+FLIGHT_CODES = [f"{a}{n}" for a in AIRLINES for n in range(10, 1000)]
+EVENT_IDS = [f"EV-{n}" for n in range(1000, 10000)]
+MESSAGE_IDS = [f"M-{n}" for n in range(1000, 10000)]
+
+
 def _date(rng: random.Random) -> str:
     return f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
 
@@ -172,7 +210,8 @@ def _two_distinct(rng: random.Random, pool: list) -> tuple:
 # text. Observations are drawn from the sample's rng (or computed from the arguments).
 # --------------------------------------------------------------------------------------------
 class Tool:
-    def __init__(self, name, description, params, sample_args, clauses, intent, observe, answer):
+    def __init__(self, name, description, params, sample_args, clauses, intent, observe, answer,
+                 answer_template, pools):
         self.name = name
         self.description = description
         self.params = params  # list of (key, json type), schema order == argument order
@@ -181,6 +220,13 @@ class Tool:
         self.intent = intent  # format string over the argument names
         self.observe = observe  # (rng, args) -> dict (JSON object of the tool message)
         self.answer = answer  # (args, obs) -> sentence without the closing period
+        # The same sentence as a format string over argument and observation names (numbers as their
+        # JSON text); `answer(args, obs) == answer_template.format(...)` is checked by the tests. Only
+        # the third truth (`needs_input`) reads it.
+        self.answer_template = answer_template
+        # field name -> the strings that field can take (a list), or NUMBER (any JSON number). Every
+        # argument and every observation field quoted in the answer has one.
+        self.pools = pools
 
     def schema_line(self) -> str:
         schema = {
@@ -256,6 +302,8 @@ TOOLS = [
         "the weather in {city} on {date}",
         lambda rng, a: {"condition": rng.choice(CONDITIONS), "temp_c": rng.randint(-5, 35)},
         lambda a, o: f"In {a['city']} on {a['date']} it will be {o['condition']}, {_num(o['temp_c'])} C",
+        "In {city} on {date} it will be {condition}, {temp_c} C",
+        {"city": CITIES, "date": DATES, "condition": CONDITIONS, "temp_c": NUMBER},
     ),
     Tool(
         "search_flights", "Find flights",
@@ -267,6 +315,8 @@ TOOLS = [
                         "price_usd": rng.randint(80, 1200)},
         lambda a, o: f"Flight {o['flight']} from {a['origin']} to {a['destination']} costs "
                      f"{_num(o['price_usd'])} USD",
+        "Flight {flight} from {origin} to {destination} costs {price_usd} USD",
+        {"origin": CITIES, "destination": CITIES, "date": DATES, "flight": FLIGHT_CODES, "price_usd": NUMBER},
     ),
     Tool(
         "get_stock_price", "Stock closing price", [("symbol", "string"), ("date", "string")],
@@ -275,6 +325,8 @@ TOOLS = [
         "the {symbol} price on {date}",
         lambda rng, a: {"close": round(rng.uniform(20, 900), 2)},
         lambda a, o: f"{a['symbol']} closed at {_num(o['close'])} USD on {a['date']}",
+        "{symbol} closed at {close} USD on {date}",
+        {"symbol": SYMBOLS, "date": DATES, "close": NUMBER},
     ),
     Tool(
         "convert_currency", "Currency exchange",
@@ -285,6 +337,8 @@ TOOLS = [
         "to convert {amount} {from} to {to}",
         _currency_obs,
         lambda a, o: f"{a['amount']} {a['from']} is {_num(o['result'])} {a['to']}",
+        "{amount} {from} is {result} {to}",
+        {"amount": NUMBER, "from": CURRENCY_CODES, "to": CURRENCY_CODES, "result": NUMBER},
     ),
     Tool(
         "find_restaurants", "Restaurant search", [("city", "string"), ("cuisine", "string")],
@@ -293,6 +347,8 @@ TOOLS = [
         "{cuisine} restaurants in {city}",
         lambda rng, a: {"name": rng.choice(RESTAURANTS), "rating": rng.randint(30, 50) / 10},
         lambda a, o: f"Try {o['name']} in {a['city']}, rated {_num(o['rating'])}",
+        "Try {name} in {city}, rated {rating}",
+        {"city": CITIES, "cuisine": CUISINES, "name": RESTAURANTS, "rating": NUMBER},
     ),
     Tool(
         "translate_text", "Translate text", [("text", "string"), ("language", "string")],
@@ -301,6 +357,8 @@ TOOLS = [
         'to translate "{text}" into {language}',
         _translate_obs,
         lambda a, o: f'"{a["text"]}" in {a["language"]} is "{o["translation"]}"',
+        '"{text}" in {language} is "{translation}"',
+        {"text": PHRASES, "language": LANGUAGES, "translation": TRANSLATED},
     ),
     Tool(
         "create_event", "Add a calendar event",
@@ -309,6 +367,8 @@ TOOLS = [
         'to add "{title}" on {date} at {time}',
         lambda rng, a: {"event_id": f"EV-{rng.randint(1000, 9999)}", "status": "created"},
         lambda a, o: f'"{a["title"]}" is booked on {a["date"]} at {a["time"]} ({o["event_id"]})',
+        '"{title}" is booked on {date} at {time} ({event_id})',
+        {"title": EVENT_TITLES, "date": DATES, "time": TIMES, "event_id": EVENT_IDS},
     ),
     Tool(
         "convert_units", "Unit conversion",
@@ -317,6 +377,8 @@ TOOLS = [
         "to convert {value} {from} to {to}",
         _units_obs,
         lambda a, o: f"{a['value']} {a['from']} is {_num(o['result'])} {a['to']}",
+        "{value} {from} is {result} {to}",
+        {"value": NUMBER, "from": UNIT_NAMES, "to": UNIT_NAMES, "result": NUMBER},
     ),
     Tool(
         "send_email", "Send an email", [("to", "string"), ("subject", "string")], _email_args,
@@ -324,6 +386,8 @@ TOOLS = [
         'to email {to} about "{subject}"',
         lambda rng, a: {"message_id": f"M-{rng.randint(1000, 9999)}", "status": "sent"},
         lambda a, o: f"Your email to {a['to']} was sent ({o['message_id']})",
+        "Your email to {to} was sent ({message_id})",
+        {"to": NAMES, "subject": SUBJECTS, "message_id": MESSAGE_IDS},
     ),
 ]
 TOOLS_BY_NAME = {t.name: t for t in TOOLS}
@@ -382,6 +446,174 @@ def _answer_message(answers: list[str]) -> _Msg:
     for i, sentence in enumerate(answers):
         m.t(" " if i else "").s(sentence).t(".")
     return m
+
+
+# --------------------------------------------------------------------------------------------
+# The third truth: does a character need the input, given the message's own earlier text?
+# --------------------------------------------------------------------------------------------
+CALL_PREFIX = "Thought: I need "
+FINAL_PREFIX = "Thought: I have the answer.\nFinal Answer: "
+_END = None  # the "character" after the last one: the end of the message (its end-of-turn token)
+_WHOLE_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+_TEMPLATES: list[list[tuple]] = []
+
+
+def _format_items(fmt: str, pools: dict) -> list[tuple]:
+    """A format string as items: ("lit", text) and ("slot", field name, pool)."""
+    import string
+
+    items = []
+    for lit, field, _, _ in string.Formatter().parse(fmt):
+        if lit:
+            items.append(("lit", lit))
+        if field is not None:
+            items.append(("slot", field, pools[field]))
+    return items
+
+
+def message_templates() -> list[list[tuple]]:
+    """Every assistant message the generator can write, as item sequences: ("lit", text), ("slot",
+    name, pool) (any string of the pool, or any JSON number) and ("copy", name) (the text an earlier
+    slot of the same message took: the Action Input repeats the Thought's values). 9 call messages,
+    9 one-sentence and 81 two-sentence final answers."""
+    if _TEMPLATES:
+        return _TEMPLATES
+    for tool in TOOLS:
+        items = [("lit", CALL_PREFIX)] + _format_items(tool.intent, tool.pools)
+        items.append(("lit", ".\nAction: " + tool.name + "\nAction Input: "))
+        for i, (key, typ) in enumerate(tool.params):
+            items.append(("lit", ("{" if i == 0 else ", ") + json.dumps(key) + ": " + ('"' if typ == "string" else "")))
+            items.append(("copy", key))
+            if typ == "string":
+                items.append(("lit", '"'))
+        items.append(("lit", "}"))
+        _TEMPLATES.append(items)
+    sentences = [_format_items(t.answer_template, t.pools) for t in TOOLS]
+    for a in sentences:
+        _TEMPLATES.append([("lit", FINAL_PREFIX)] + a + [("lit", ".")])
+    for a in sentences:
+        for b in sentences:
+            _TEMPLATES.append([("lit", FINAL_PREFIX)] + a + [("lit", ". ")] + b + [("lit", ".")])
+    return _TEMPLATES
+
+
+_POOLS: dict[int, list] = {}
+
+
+def _pool_key(pool: list) -> int:
+    _POOLS.setdefault(id(pool), pool)
+    return id(pool)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_state(pool_id: int, buf: str) -> tuple[frozenset, bool]:
+    """(possible next characters, whether `buf` is a whole value) inside a pool slot."""
+    pool = _POOLS[pool_id]
+    n = len(buf)
+    return frozenset(v[n] for v in pool if len(v) > n and v.startswith(buf)), buf in pool
+
+
+def _item_text(item: tuple, bind: tuple) -> str:
+    return item[1] if item[0] == "lit" else dict(bind)[item[1]]
+
+
+def _expand(state, out: set) -> None:
+    """Add `state` = (template, item, consumed text of the item, bindings) to `out`, following every
+    way the current item can be complete (epsilon moves)."""
+    t, k, buf, bind = state
+    items = message_templates()[t]
+    if k == len(items):
+        out.add(state)
+        return
+    item = items[k]
+    if item[0] != "slot":
+        if len(buf) < len(_item_text(item, bind)):
+            out.add(state)
+        else:
+            _expand((t, k + 1, "", bind), out)
+        return
+    done = bind + ((item[1], buf),)
+    if item[2] == NUMBER:
+        out.add(state)  # a number can always take another digit
+        if _WHOLE_NUMBER.fullmatch(buf):
+            _expand((t, k + 1, "", done), out)
+        return
+    chars, whole = _pool_state(_pool_key(item[2]), buf)
+    if chars:
+        out.add(state)
+    if whole:
+        _expand((t, k + 1, "", done), out)
+
+
+def _next_chars(state) -> frozenset:
+    t, k, buf, bind = state
+    items = message_templates()[t]
+    if k == len(items):
+        return frozenset([_END])
+    item = items[k]
+    if item[0] != "slot":
+        return frozenset(_item_text(item, bind)[len(buf)])
+    if item[2] == NUMBER:
+        return _number_next(buf)
+    return _pool_state(_pool_key(item[2]), buf)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _number_next(buf: str) -> frozenset:
+    """Characters that can extend `buf`, a prefix of a JSON number (-?digits, optionally .digits)."""
+    nxt = set("0123456789")
+    if not buf:
+        nxt.add("-")
+    elif buf[-1].isdigit() and "." not in buf:
+        nxt.add(".")
+    return frozenset(nxt)
+
+
+def _in_slot(state) -> bool:
+    t, k, _, _ = state
+    items = message_templates()[t]
+    return k < len(items) and items[k][0] == "slot"
+
+
+def needs_input_kinds(content: str) -> str:
+    """`needs_input` with the kind of every open character: '0' determined by the text before it;
+    'v' open, and every way to go on is inside a value (which city, which digit: the value is
+    chosen); 't' open where the template itself is chosen (call or answer, which tool's phrase, one
+    or two answer sentences, where a number ends). len(content) + 1 characters, the last for the end
+    of the message. Raises ValueError for text the generator cannot write."""
+    states: set = set()
+    for t in range(len(message_templates())):
+        _expand((t, 0, "", ()), states)
+    out = []
+    for i, ch in enumerate(content):
+        nexts = [(s, _next_chars(s)) for s in states]
+        opts = frozenset().union(*(n for _, n in nexts))
+        if ch not in opts:
+            raise ValueError(f"not a demo assistant message: {content[:i + 1]!r} cannot continue with {ch!r}")
+        out.append("0" if len(opts) == 1 else "v" if all(_in_slot(s) for s, _ in nexts) else "t")
+        new: set = set()
+        for (t, k, buf, bind), n in nexts:
+            if ch in n:
+                _expand((t, k, buf + ch, bind), new)
+        states = new
+    opts = frozenset().union(*(_next_chars(s) for s in states))
+    if _END not in opts:
+        raise ValueError(f"not a demo assistant message: {content!r} is incomplete")
+    out.append("0" if len(opts) == 1 else "t")
+    return "".join(out)
+
+
+def needs_input(content: str) -> str:
+    """The third truth of one assistant message: one '0'/'1' per content character, plus one for the
+    end of the message (its end-of-turn token), so len(content) + 1 characters.
+
+    '1' iff the message's own earlier text does not determine the character: among all messages the
+    generator can write (`message_templates`: every tool, every value of every pool) that begin with
+    the same text, more than one next character (or the end) is possible. A value the template
+    copies from earlier in the message (the Action Input repeating the Thought) is determined. Raises
+    ValueError for text the generator cannot write. `needs_input_kinds` splits the '1's into value
+    choices and template choices."""
+    return needs_input_kinds(content).replace("v", "1").replace("t", "1")
 
 
 # --------------------------------------------------------------------------------------------

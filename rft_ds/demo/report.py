@@ -88,13 +88,20 @@ def read_roles(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     return out
 
 
-def role_of_span(roles: str, a: int, b: int) -> int:
-    """The true role of a token covering content characters [a, b): the majority role, ties -> 1
-    (reasoning); no character (a >= b) -> 0 (boilerplate)."""
+def role_of_span(roles: str, a: int, b: int, rule: str = "majority", end: int = 0) -> int:
+    """The true role of a token covering content characters [a, b).
+
+    rule "majority" (the semantic and prefix-aware truths): the majority role, ties -> 1 (reasoning).
+    rule "any" (the needs-input truth): 1 if any covered character is 1 -- a token is predictable
+    from the message so far only if every one of its characters is.
+    No character (a >= b, e.g. the end-of-turn token): `end` (0 = boilerplate unless the truth says
+    whether the end of the message is predictable)."""
     seg = roles[max(a, 0):max(b, 0)]
     if not seg:
-        return 0
+        return end
     ones = seg.count("1")
+    if rule == "any":
+        return 1 if ones else 0
     return 1 if 2 * ones >= len(seg) else 0
 
 
@@ -127,10 +134,29 @@ def prefix_aware_roles(conv, roles: dict[str, str]) -> dict[str, str]:
             for m, r in roles.items()}
 
 
-def token_truth(conv, tokenizer, roles: dict[str, str]):
+def needs_input_roles(conv, roles: dict[str, str]) -> dict[str, str]:
+    """The third truth, computed by the generator from each assistant message's text
+    (`rft_ds.demo.generate.needs_input`): '1' where the message's own earlier text does not determine
+    the character; one extra character for the end of the message. Use with rule="any"."""
+    from rft_ds.demo.generate import needs_input
+
+    out = {}
+    for m in roles:
+        try:
+            out[m] = needs_input(conv.messages[int(m)]["content"])
+        except (ValueError, IndexError) as e:
+            raise DataError(conv.path, conv.line, f"messages[{m}]", f"sample {conv.id!r}: {e}",
+                            "the needs-input truth exists only for data written by `rft-ds demo-data`") from None
+    return out
+
+
+def token_truth(conv, tokenizer, roles: dict[str, str], rule: str = "majority"):
     """(Encoded, offsets, classes) for one conversation, untruncated. classes[t] is the true role of
-    loss token t (0/1) and -1 for every other token. Raises DataError when the rendered text does
-    not contain a message's content where the template puts it, or the roles do not fit."""
+    loss token t (0/1) and -1 for every other token. A role string may carry one extra character for
+    the end of the message (the needs-input truth): it is the role of the loss tokens that cover no
+    content character (the end-of-turn token). `rule`: see `role_of_span`. Raises DataError when the
+    rendered text does not contain a message's content where the template puts it, or the roles do
+    not fit."""
     from rft_ds.data.render import _render, encode_conversation
 
     enc = encode_conversation(conv, tokenizer)
@@ -149,7 +175,7 @@ def token_truth(conv, tokenizer, roles: dict[str, str]):
                             f"sample {conv.id!r}: the chat template does not put the message content right after "
                             "the rendered prefix (with the generation prompt), so characters cannot be mapped to tokens")
         role = roles.get(str(m))
-        if not isinstance(role, str) or len(role) != len(content) or set(role) - {"0", "1"}:
+        if not isinstance(role, str) or len(role) not in (len(content), len(content) + 1) or set(role) - {"0", "1"}:
             got = "missing" if role is None else (f"{len(role)} characters" if isinstance(role, str) else repr(role))
             raise DataError(conv.path, conv.line, f"messages[{m}]",
                             f"sample {conv.id!r}: roles.jsonl must give one '0'/'1' per content character "
@@ -157,7 +183,8 @@ def token_truth(conv, tokenizer, roles: dict[str, str]):
         for t, mi in enumerate(enc.msg_index):
             if mi == m and t >= 1:
                 a, b = offsets[t]
-                classes[t] = role_of_span(role, a - start, min(b, start + len(content)) - start)
+                classes[t] = role_of_span(role[:len(content)], a - start, min(b, start + len(content)) - start,
+                                          rule, int(role[len(content)]) if len(role) > len(content) else 0)
     return enc, offsets, classes
 
 
@@ -171,6 +198,28 @@ def _ratio(a: float, b: float) -> float | None:
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
+
+
+def roc_auc(scores, truth) -> float | None:
+    """ROC AUC of `scores` for the positives of `truth` (1 = reasoning): the probability that a random
+    positive scores higher than a random negative, ties counted one half (the Mann-Whitney U
+    statistic over mid-ranks). None when a class is empty."""
+    import numpy as np
+
+    x = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(truth, dtype=np.int64) == 1
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    # mid-rank (1-based) of every run of equal scores
+    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    ends = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(xs), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
 
 
 def agreement_metrics(truth: list[int], labels: list[int], lds: list[float | None]) -> dict:
@@ -195,12 +244,15 @@ def agreement_metrics(truth: list[int], labels: list[int], lds: list[float | Non
         "true_reasoning_share": _ratio(tp + fn, n),
         "mean_ld_true_reasoning": _mean(ld[1]),
         "mean_ld_true_boilerplate": _mean(ld[0]),
+        "ld_roc_auc": roc_auc(ld[1] + ld[0], [1] * len(ld[1]) + [0] * len(ld[0])),
+        "ld_tokens": len(ld[0]) + len(ld[1]),
     }
 
 
-def shad_agreement(masks: dict, convs: list, roles: dict, tokenizer, derive=None) -> dict:
+def shad_agreement(masks: dict, convs: list, roles: dict, tokenizer, derive=None, rule: str = "majority") -> dict:
     """Compare the masks' labels with the true roles of the same tokens. `derive(conv, roles)` maps
-    a sample's roles to another truth (e.g. prefix_aware_roles) first."""
+    a sample's roles to another truth (e.g. prefix_aware_roles, needs_input_roles) first; `rule`
+    maps characters to tokens (`role_of_span`)."""
     by_id = {c.id: c for c in convs}
     truth, labels, lds = [], [], []
     truncated = 0
@@ -211,7 +263,7 @@ def shad_agreement(masks: dict, convs: list, roles: dict, tokenizer, derive=None
                              "the masks were made from another file")
         if sid not in roles:
             raise MasksError(f"no ground-truth roles for masks sample {sid!r} in roles.jsonl")
-        enc, _, classes = token_truth(conv, tokenizer, derive(conv, roles[sid]) if derive else roles[sid])
+        enc, _, classes = token_truth(conv, tokenizer, derive(conv, roles[sid]) if derive else roles[sid], rule)
         for turn in rec["turns"]:
             m = turn["message"]
             pos = [t for t, mi in enumerate(enc.msg_index) if mi == m and t >= 1]
@@ -237,12 +289,57 @@ def shad_agreement(masks: dict, convs: list, roles: dict, tokenizer, derive=None
     return out
 
 
+def needs_input_breakdown(masks: dict, convs: list, tokenizer) -> dict:
+    """The needs-input reasoning tokens split by kind (`rft_ds.demo.generate.needs_input_kinds`): a
+    *value* token picks a value inside a slot (which city, which digit); a *template-choice* token
+    picks the template itself (call or answer, which tool's phrase, one or two answer sentences,
+    where a number ends: 't' in any character). Per kind: tokens, SHAD's recall, mean LD; and the LD
+    ROC AUC of value tokens against the needs-input boilerplate tokens (template choices left out)."""
+    from rft_ds.demo.generate import needs_input_kinds
+
+    by_id = {c.id: c for c in convs}
+    ld = {"0": [], "v": [], "t": []}
+    hit = {"v": 0, "t": 0}
+    for sid, rec in masks.items():
+        conv = by_id[sid]
+        kinds = {str(t["message"]): needs_input_kinds(conv.messages[t["message"]]["content"]) for t in rec["turns"]}
+        enc, offsets, _ = token_truth(conv, tokenizer, {m: k.replace("v", "1").replace("t", "1") for m, k in kinds.items()},
+                                      "any")
+        for turn in rec["turns"]:
+            m = turn["message"]
+            content, k = conv.messages[m]["content"], kinds[str(m)]
+            start = len(_render_prefix(tokenizer, conv.messages[:m]))
+            pos = [t for t, mi in enumerate(enc.msg_index) if mi == m and t >= 1]
+            for j, t in enumerate(pos[:len(turn["token_ids"])]):
+                a, b = offsets[t][0] - start, min(offsets[t][1] - start, len(content))
+                seg = k[max(a, 0):max(b, 0)] if b > a else k[len(content)]
+                kind = "t" if "t" in seg else "v" if "v" in seg else "0"
+                x = turn["loss_diff"][j]
+                ld[kind].append(x)
+                if kind != "0" and turn["labels"][j] == 1:
+                    hit[kind] += 1
+    out = {}
+    for kind, name in (("v", "value"), ("t", "template_choice")):
+        n = len(ld[kind])
+        out[name] = {"tokens": n, "reasoning_recall": _ratio(hit[kind], n), "mean_ld": _mean(ld[kind])}
+    out["ld_roc_auc_values_only"] = roc_auc(ld["v"] + ld["0"], [1] * len(ld["v"]) + [0] * len(ld["0"]))
+    return out
+
+
+def _render_prefix(tokenizer, messages) -> str:
+    from rft_ds.data.render import _render
+
+    return _render(tokenizer, messages, True)
+
+
 # --------------------------------------------------------------------------------------------------
 # 2. held-out: teacher-forced accuracy and generation
 # --------------------------------------------------------------------------------------------------
 
-def teacher_forced(model_dir: str, encs: list, pad_id: int, batch_size: int, device, chunk: int = 4096) -> dict:
-    """Next-token argmax accuracy and mean CE of the loss tokens, split by `Encoded.classes` (fp32)."""
+def teacher_forced(model_dir: str, encs: list, pad_id: int, batch_size: int, device, chunk: int = 4096,
+                   dtype: str = "float32") -> dict:
+    """Next-token argmax accuracy and mean CE of the loss tokens, split by `Encoded.classes` (the
+    model in `dtype`, fp32 by default; logits and CE always in fp32)."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
@@ -250,15 +347,20 @@ def teacher_forced(model_dir: str, encs: list, pad_id: int, batch_size: int, dev
     from rft_ds.data.batching import collate
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
         raise ConfigError(f"{model_dir}: cannot load the model: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     acc = {c: [0, 0, 0.0] for c in (0, 1)}  # class -> [tokens, correct, CE sum]
     order = sorted(range(len(encs)), key=lambda i: (-len(encs[i].input_ids), i))
+    t0 = last = time.time()
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
+            if time.time() - last > 20:
+                last = time.time()
+                print(f"demo-report: teacher-forced {s}/{len(order)} samples ({last - t0:.0f}s)", file=sys.stderr,
+                      flush=True)
             mb = collate([encs[i] for i in order[s:s + batch_size]], pad_id).to(device)
             hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False).last_hidden_state
             h = hidden[:, :-1][mb.target_mask]
@@ -339,39 +441,97 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def report_header(rep: dict) -> str:
+    """The title, the base model, the run's budget settings and the wall time per phase."""
+    out = ["# rft-ds demo report", "",
+           f"Made by `{rep['command']}`. Demo directory `{rep['demo_dir']}`, data `{rep['data_dir']}`.", ""]
+    model = rep.get("model") or {}
+    if model:
+        arch = model.get("architecture") or {}
+        desc = f"Base model: `{model.get('path')}`"
+        if model.get("name"):
+            desc += f" ({model['name']})"
+        if arch:
+            desc += (f": {arch.get('model_type')}, {arch.get('num_hidden_layers')} layers, hidden "
+                     f"{arch.get('hidden_size')}, vocabulary {arch.get('vocab_size')}"
+                     + (", tied embeddings" if arch.get("tie_word_embeddings") else "")
+                     + (f", {model['parameters']:,} parameters" if isinstance(model.get("parameters"), int) else "")
+                     + (f", weights {arch.get('dtype')}" if arch.get("dtype") else ""))
+        out += [desc + ".", ""]
+        if model.get("note"):
+            out += [f"> {model['note']}", ""]
+        if model.get("name"):
+            out += ["The base model is used as it comes: no warm-up step. It is pretrained and has never seen this "
+                    "data's template, so SHAD and both fine-tunes start from the same pretrained weights.", ""]
+    if rep.get("settings"):
+        out += ["Budget of this run (`recipes/demo/run.sh` variables):", "",
+                _table(["setting", "value"], [[f"`{k}`", f"`{v}`"] for k, v in rep["settings"].items()]), ""]
+    if rep.get("phase_timings_s"):
+        rows = [[name, f"{sec:.0f}"] for name, sec in rep["phase_timings_s"]]
+        rows.append(["total (phases so far)", f"{sum(x for _, x in rep['phase_timings_s']):.0f}"])
+        out += ["Wall time per phase (seconds, this machine):", "", _table(["phase", "s"], rows), ""]
+
+    return "\n".join(out)
+
+
 def render_markdown(rep: dict, report_dir: Path) -> str:
     ag, ho, pics = rep["shad_agreement"], rep["heldout"], rep["pictures"]
     seeds = rep["seeds"]
     c = ag["confusion"]
-    out = ["# rft-ds demo report", "",
-           f"Made by `{rep['command']}`. Demo directory `{rep['demo_dir']}`, data `{rep['data_dir']}`.", ""]
-
+    out = report_header(rep).split("\n")
     out += ["## 1. SHAD labels vs the ground-truth roles (training data)", "",
             f"{ag['samples']} labeled samples of `{rep['inputs']['train']}`, {ag['tokens']} assistant loss tokens "
             f"(the tokens in `{rep['inputs']['masks']}`"
             + (f", SHAD margin {rep['masks_meta']['margin']}" if rep["masks_meta"].get("margin") is not None else "")
             + "). The true role of a token is the majority role of the message-content characters it covers "
             "(ties count as reasoning; a token with no content character, such as the end-of-turn marker, is "
-            "boilerplate). Positive class: reasoning."
+            "boilerplate), except under the needs-input truth (below). Positive class: reasoning."
             + (f" {ag['truncated_turns']} turn(s) were truncated by the labeling pass; their labeled tokens are "
                "compared." if ag["truncated_turns"] else ""), ""]
-    out += ["Two truths: **semantic** is the generator's roles (every character of an input-dependent slot is "
-            "reasoning); **prefix-aware** additionally counts as boilerplate what the message's own earlier text "
-            "already fixes (a value repeated from the Thought into the Action Input, separators inside dates and "
-            "times), which a model that ignores the input can also predict (`rft_ds/demo/report.py:prefix_aware`).", ""]
+    out += ["Three truths, each reported (none is tuned to SHAD's output):", "",
+            "- **semantic**: the generator's roles (`roles.jsonl`): every character of an input-dependent slot "
+            "(intent phrase, tool name, argument values, answer sentence) is reasoning;",
+            "- **prefix-aware**: the semantic roles minus what the message's own earlier text repeats (a value "
+            "repeated from the Thought into the Action Input, any word seen earlier in the message) and the "
+            "non-alphanumeric characters inside slots (`rft_ds/demo/report.py:prefix_aware`);",
+            "- **needs-input**: computed by the generator from the message text "
+            "(`rft_ds/demo/generate.py:needs_input`): a character is reasoning iff the message's own earlier "
+            "text does not determine it among all messages the generator can write; so the tool name after a "
+            "Thought that names the task, the Action Input's copied values, the fixed words of an intent "
+            "phrase or answer sentence once the first word has named the tool, and the year of a date are "
+            "boilerplate, while the call-or-answer word (`need`/`have`) and the end of a one-sentence answer "
+            "are reasoning. A token is reasoning if any of its characters is (the other two truths: the "
+            "majority).", "",
+            "LD ROC AUC: the probability that a random true-reasoning token has a higher LD than a random "
+            "true-boilerplate token (ties count one half): threshold-free, 0.5 is chance.", ""]
     pa = ag.get("prefix_aware") or ag
+    ni = ag.get("needs_input") or ag
     keys = [("token accuracy", "token_accuracy", False), ("reasoning precision", "reasoning_precision", False),
             ("reasoning recall", "reasoning_recall", False), ("boilerplate recall", "boilerplate_recall", False),
-            ("balanced accuracy", "balanced_accuracy", False),
+            ("balanced accuracy", "balanced_accuracy", False), ("LD ROC AUC", "ld_roc_auc", False),
             ("share of tokens labeled reasoning (SHAD)", "labeled_reasoning_share", False),
             ("share of tokens that are reasoning (truth)", "true_reasoning_share", False),
             ("mean LD of true reasoning tokens (nats)", "mean_ld_true_reasoning", True),
             ("mean LD of true boilerplate tokens (nats)", "mean_ld_true_boilerplate", True)]
-    out.append(_table(["metric", "semantic truth", "prefix-aware truth"],
-                      [[name, _f(ag[k], signed=sg), _f(pa[k], signed=sg)] for name, k, sg in keys]))
-    out += ["", "Confusion (tokens):", "",
-            _table(["", "SHAD: reasoning", "SHAD: boilerplate"],
-                   [["true reasoning", str(c["tp"]), str(c["fn"])], ["true boilerplate", str(c["fp"]), str(c["tn"])]]),
+    out.append(_table(["metric", "semantic truth", "prefix-aware truth", "needs-input truth"],
+                      [[name, _f(ag.get(k), signed=sg), _f(pa.get(k), signed=sg), _f(ni.get(k), signed=sg)]
+                       for name, k, sg in keys]))
+    bd = ni.get("breakdown")
+    if bd:
+        v, t = bd["value"], bd["template_choice"]
+        out += ["", f"Needs-input reasoning tokens by kind (`generate.py:needs_input_kinds`): {v['tokens']} *value* "
+                f"tokens (which city, which digit) with SHAD recall {_f(v['reasoning_recall'])} and mean LD "
+                f"{_f(v['mean_ld'], signed=True)}; {t['tokens']} *template-choice* tokens (call or answer, which tool's "
+                f"phrase, one or two answer sentences, where a number ends) with recall {_f(t['reasoning_recall'])} "
+                f"and mean LD {_f(t['mean_ld'], signed=True)}. LD ROC AUC of value tokens against needs-input "
+                f"boilerplate, template choices left out: **{_f(bd['ld_roc_auc_values_only'])}**. A template choice "
+                "needs the input, but only a model that knows the template's conventions can use the input there; "
+                "the base model has never seen them, so SHAD cannot tell these tokens from boilerplate."]
+    out += ["", "Confusion (tokens; semantic / prefix-aware / needs-input truth):", ""]
+    cs = [x["confusion"] for x in (ag, pa, ni)]
+    out += [_table(["", "SHAD: reasoning", "SHAD: boilerplate"],
+                   [["true reasoning", " / ".join(str(c["tp"]) for c in cs), " / ".join(str(c["fn"]) for c in cs)],
+                    ["true boilerplate", " / ".join(str(c["fp"]) for c in cs), " / ".join(str(c["tn"]) for c in cs)]]),
             ""]
 
     out += ["## 2. SFT vs RFT on the held-out split", "",
@@ -431,10 +591,13 @@ def render_markdown(rep: dict, report_dir: Path) -> str:
     return "\n".join(out)
 
 
-def _check_layout(demo: Path, data: Path, seeds: list[int]) -> dict:
+def _check_layout(demo: Path, data: Path, seeds: list[int], base: str | None = None, shad: str | None = None,
+                  masks: str | None = None) -> dict:
     paths = {
         "train": data / "train.jsonl", "heldout": data / "heldout.jsonl", "roles": data / "roles.jsonl",
-        "base": demo / "base" / "final", "shad": demo / "shad" / "final", "masks": demo / "masks.jsonl",
+        "base": Path(base) if base else demo / "base" / "final",
+        "shad": Path(shad) if shad else demo / "shad" / "final",
+        "masks": Path(masks) if masks else demo / "masks.jsonl",
     }
     missing = [str(p) for p in paths.values() if not p.exists()]
     for s in seeds:
@@ -450,11 +613,54 @@ def _check_layout(demo: Path, data: Path, seeds: list[int]) -> dict:
     return paths
 
 
+def model_description(model_dir: str | os.PathLike) -> dict:
+    """What the base model is: `rft-ds fetch-model`'s record (rft_ds_fetch.json) when there is one,
+    plus the architecture from config.json and the parameter count."""
+    d = Path(model_dir)
+    out: dict = {"path": str(d)}
+    fetch = d / "rft_ds_fetch.json"
+    if fetch.is_file():
+        try:
+            rec = json.loads(fetch.read_text(encoding="utf-8"))
+            out.update({k: rec[k] for k in ("name", "note", "parameters", "dtype", "sha256") if k in rec})
+            if isinstance(rec.get("source"), dict):
+                out["source"] = {k: rec["source"][k] for k in ("package", "file", "pip") if k in rec["source"]}
+        except (OSError, ValueError):
+            pass
+    try:
+        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        out["architecture"] = {k: cfg.get(k) for k in ("model_type", "num_hidden_layers", "hidden_size",
+                                                        "vocab_size", "tie_word_embeddings", "dtype")}
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def read_timings(path: Path) -> list[tuple[str, float]]:
+    """`phase<TAB>seconds` lines written by recipes/demo/run.sh (missing file: none)."""
+    out = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) == 2:
+                try:
+                    out.append((parts[0], float(parts[1])))
+                except ValueError:
+                    pass
+    return out
+
+
 def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | None = None,
                  max_samples: int | None = None, max_new_tokens: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, view_samples: int = DEFAULT_VIEW_SAMPLES,
-                 smooth: int = 1, log=None) -> tuple[dict, str]:
-    """Compute everything, write the pictures, report.json and report.md; returns (report dict, markdown)."""
+                 smooth: int = 1, log=None, base: str | None = None, shad: str | None = None,
+                 masks: str | None = None, train_data: str | None = None, settings: dict | None = None,
+                 eval_dtype: str = "float32") -> tuple[dict, str]:
+    """Compute everything, write the pictures, report.json and report.md; returns (report dict, markdown).
+
+    `base`, `shad`, `masks` default to DEMO/base/final, DEMO/shad/final, DEMO/masks.jsonl; `train_data`
+    (default DATA/train.jsonl) is the file that was labeled and trained on (the SmolLM2 demo uses a
+    subset of the bundled data); `settings` (name -> value) is printed as the run's budget table."""
     from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_conversation, tokenizer_fingerprint
     from rft_ds.fsio import atomic_write, command_line, dumps_line, write_json
@@ -471,7 +677,11 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
     if batch_size < 1 or view_samples < 1 or smooth < 1:
         raise ConfigError("--batch-size, --view-samples and --smooth must be >= 1")
     demo, data = Path(demo_dir), Path(data_dir)
-    paths = _check_layout(demo, data, seeds)
+    paths = _check_layout(demo, data, seeds, base, shad, masks)
+    if train_data:
+        paths["train"] = Path(train_data)
+        if not paths["train"].exists():
+            raise ConfigError(f"--train-data {train_data}: file not found")
     output = Path(output) if output else demo / "report.md"
     json_path = output.with_suffix(".json")
     timing: dict[str, float] = {}
@@ -491,8 +701,14 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
     train = read_conversations(paths["train"])
     agreement = shad_agreement(masks, train, roles, tok)
     agreement["prefix_aware"] = shad_agreement(masks, train, roles, tok, derive=prefix_aware_roles)
+    agreement["needs_input"] = shad_agreement(masks, train, roles, tok, derive=needs_input_roles, rule="any")
+    agreement["needs_input"]["breakdown"] = needs_input_breakdown(masks, train, tok)
     timing["shad_agreement_s"] = time.time() - t0
-    log(f"SHAD agreement on {agreement['tokens']} tokens: accuracy {_f(agreement['token_accuracy'])}")
+    log(f"SHAD agreement on {agreement['tokens']} tokens: accuracy {_f(agreement['token_accuracy'])} semantic, "
+        f"{_f(agreement['prefix_aware']['token_accuracy'])} prefix-aware, "
+        f"{_f(agreement['needs_input']['token_accuracy'])} needs-input; LD ROC AUC "
+        f"{_f(agreement['ld_roc_auc'])} / {_f(agreement['prefix_aware']['ld_roc_auc'])} / "
+        f"{_f(agreement['needs_input']['ld_roc_auc'])}")
 
     # ---- held-out
     import torch
@@ -527,7 +743,9 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
     runs: dict[str, dict[str, dict]] = {r: {} for r in RUNS}
     for s in seeds:
         for r in RUNS:
-            model_dir = str(paths[f"{r}:{s}"] / "final")
+            run_dir = paths[f"{r}:{s}"]
+            # a LoRA run's final/ is the adapter; --merge-lora wrote the full model to final-merged/
+            model_dir = str(run_dir / "final-merged" if (run_dir / "final-merged").is_dir() else run_dir / "final")
             mtok = load_tokenizer(model_dir)
             if tokenizer_fingerprint(mtok) != fp:
                 for c, e in zip(heldout, encs):
@@ -535,10 +753,11 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
                         raise ConfigError(f"{model_dir}: its tokenizer encodes held-out sample {c.id!r} differently "
                                           f"from the base model's ({paths['base']}); the runs must fine-tune the base")
             t1 = time.time()
-            tf = teacher_forced(model_dir, encs, tok.pad_token_id, batch_size, device)
+            log(f"{r}-seed{s}: teacher-forced pass and greedy generation of {len(calls)} tool-call turns ({model_dir})")
+            tf = teacher_forced(model_dir, encs, tok.pad_token_id, batch_size, device, dtype=eval_dtype)
             t2 = time.time()
             ev = evaluate(model_dir, str(calls_path), max_new_tokens=max_new_tokens,
-                          output=str(eval_dir / f"{r}-seed{s}.jsonl"), batch_size=batch_size, dtype="float32",
+                          output=str(eval_dir / f"{r}-seed{s}.jsonl"), batch_size=batch_size, dtype=eval_dtype,
                           quiet=True)
             t3 = time.time()
             timing[f"{r}-seed{s}_teacher_forced_s"] = t2 - t1
@@ -578,6 +797,9 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
     rep = {
         "command": command_line(),
         "demo_dir": str(demo), "data_dir": str(data), "seeds": list(seeds),
+        "model": model_description(paths["base"]),
+        "settings": dict(settings or {}),
+        "phase_timings_s": read_timings(demo / "timings.tsv"),
         "inputs": {k: str(v) for k, v in paths.items() if ":" not in k},
         "masks_meta": {k: meta.get(k) for k in ("base", "shad", "margin", "max_seq_len") if k in meta},
         "tokenizer": fp,
@@ -595,8 +817,16 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = {}
+    for kv in args.setting or []:
+        if "=" not in kv:
+            raise ConfigError(f"--setting {kv!r}: expected NAME=VALUE")
+        k, v = kv.split("=", 1)
+        settings[k] = v
     rep, md = build_report(args.demo_dir, args.data_dir, args.seeds, args.output, args.max_samples,
-                           args.max_new_tokens, args.batch_size, args.view_samples, args.smooth)
+                           args.max_new_tokens, args.batch_size, args.view_samples, args.smooth,
+                           base=args.base, shad=args.shad, masks=args.masks, train_data=args.train_data,
+                           settings=settings, eval_dtype=args.eval_dtype)
     print(md, flush=True)
     out = Path(args.output) if args.output else Path(args.demo_dir) / "report.md"
     print(f"\nwrote {out} and {out.with_suffix('.json')}", flush=True)
@@ -624,4 +854,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--view-samples", type=int, default=DEFAULT_VIEW_SAMPLES,
                    help="samples rendered in masks.html (default: %(default)s)")
     p.add_argument("--smooth", type=int, default=1, help="moving-average window of the loss curves (default: raw)")
+    p.add_argument("--base", default=None, help="the base model (default: DEMO_DIR/base/final)")
+    p.add_argument("--shad", default=None, help="the shuffle-tuned model (default: DEMO_DIR/shad/final)")
+    p.add_argument("--masks", default=None, help="the SHAD masks (default: DEMO_DIR/masks.jsonl)")
+    p.add_argument("--train-data", default=None,
+                   help="the file that was labeled and trained on (default: DATA_DIR/train.jsonl)")
+    p.add_argument("--setting", action="append", metavar="NAME=VALUE",
+                   help="a budget setting of the run, shown in the report (repeatable)")
+    p.add_argument("--eval-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of the held-out forward passes and generation (default: %(default)s)")
     p.set_defaults(func=run)
