@@ -2,7 +2,9 @@
 
 `RUN_DIR/metrics.jsonl` of each run (one JSON object per optimizer step: step, loss, and for
 runs trained with masks loss_b/loss_r, the boilerplate/reasoning token mean losses) as side-by-side
-panels: reasoning-token loss, boilerplate-token loss, total loss; one line per run.
+panels: reasoning-token loss, boilerplate-token loss, total loss; one line per run. `--metrics`
+draws other columns instead, e.g. the throughput ones (tokens_per_s, samples_per_s, step_time_s,
+mfu), the RFT weights (w_r, w_b), grad_norm or lr: one panel each.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from rft_ds.errors import ConfigError, DataError
 from rft_ds.fsio import atomic_write
 
 PANELS = [("loss_r", "reasoning-token loss"), ("loss_b", "boilerplate-token loss"), ("loss", "total loss")]
+# titles and y-axis labels of the other metrics.jsonl columns `--metrics` can draw (any numeric column works)
+TITLES = {"tokens_per_s": ("throughput", "input tokens / s (all ranks)"),
+          "samples_per_s": ("throughput", "samples / s (all ranks)"),
+          "step_time_s": ("step time", "seconds per optimizer step"),
+          "mfu": ("model FLOPs utilisation", "MFU (fraction of peak)"),
+          "w_r": ("RFT weight of reasoning tokens", "w_r"), "w_b": ("RFT weight of boilerplate tokens", "w_b"),
+          "grad_norm": ("gradient norm", "grad_norm"), "lr": ("learning rate", "lr")}
 
 
 def read_metrics(run_dir: str) -> dict[int, dict]:
@@ -75,7 +84,21 @@ def moving_average(ys: list[float], k: int) -> list[float]:
     return out
 
 
-def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None, smooth: int = 1) -> dict:
+def _panel(key: str) -> tuple[str, str]:
+    """(title, y label) of a metrics.jsonl column."""
+    for k, title in PANELS:
+        if k == key:
+            return title, "mean token loss (nats)"
+    title, ylabel = TITLES.get(key, (key, key))
+    return (f"{title} ({key})" if title != key else key), ylabel
+
+
+def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None, smooth: int = 1,
+              metrics: list[str] | None = None) -> dict:
+    """Draw the runs' curves into `output`. Default panels: the per-class and total losses (the total
+    only when no run has per-class losses); `metrics`: these metrics.jsonl columns instead, one panel
+    each. Returns {"panels": [titles], "notes": [...], "series": {key: {label: (steps, values)}}}
+    (the raw values drawn, before smoothing)."""
     if labels is not None and len(labels) != len(run_dirs):
         raise ConfigError(f"--labels has {len(labels)} label(s) for {len(run_dirs)} run dir(s)")
     if smooth < 1:
@@ -98,18 +121,25 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None,
             notes.append(f"note: run {lab!r} has no loss_b/loss_r (trained without masks): total-loss panel only")
             if not _series(rows, "loss")[0]:
                 raise DataError(str(Path(d) / "metrics.jsonl"), None, "loss", "no row has a numeric 'loss'")
-    panels = PANELS if any(has_cls) else PANELS[2:]
+    if metrics:
+        notes = []
+        panels = [(k, _panel(k)[0]) for k in metrics]
+    else:
+        panels = PANELS if any(has_cls) else PANELS[2:]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 0.4, 4.2), squeeze=False)
     if fmt not in fig.canvas.get_supported_filetypes():
         plt.close(fig)
         raise ConfigError(f"--output {output}: unsupported image type {fmt!r}; use .png, .svg or .pdf")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for ax, (key, title) in zip(axes[0], panels):
         drawn = 0
+        series[key] = {}
         for n, (lab, rows) in enumerate(zip(labels, runs)):
             xs, ys = _series(rows, key)
             if not xs:
                 continue
+            series[key][lab] = (xs, ys)
             c = colors[n % len(colors)]
             if smooth > 1:
                 ax.plot(xs, ys, color=c, alpha=0.22, linewidth=1)
@@ -118,6 +148,7 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None,
                 ax.plot(xs, ys, color=c, linewidth=1.6, label=lab, marker="o" if len(xs) == 1 else None)
             drawn += 1
         ax.set_title(title)
+        ax.set_ylabel(_panel(key)[1])
         ax.set_xlabel("optimizer step")
         ax.grid(True, alpha=0.3)
         if drawn:
@@ -125,7 +156,10 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None,
         else:
             ax.text(0.5, 0.5, "no run has this metric", ha="center", va="center", transform=ax.transAxes,
                     color="0.5")
-    axes[0][0].set_ylabel("mean token loss (nats)")
+    if metrics and not any(series.values()):
+        plt.close(fig)
+        raise DataError(str(Path(run_dirs[0]) / "metrics.jsonl"), None, ",".join(metrics),
+                        "no run has a numeric value for any of these --metrics")
     if smooth > 1:
         fig.suptitle(f"moving average over {smooth} steps (raw values faint)", fontsize=9.5, color="0.35")
     fig.tight_layout()
@@ -137,11 +171,11 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None,
     for n in notes:
         print(n)
     print(f"wrote {output}: {len(runs)} run(s), panels: {', '.join(t for _, t in panels)}")
-    return {"panels": [t for _, t in panels], "notes": notes}
+    return {"panels": [t for _, t in panels], "notes": notes, "series": series}
 
 
 def run_plot(args) -> int:
-    plot_runs(args.run_dirs, args.output, args.labels, args.smooth)
+    plot_runs(args.run_dirs, args.output, args.labels, args.smooth, args.metrics)
     return 0
 
 
@@ -151,4 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--output", required=True, help="image to write (.png; .svg/.pdf also work)")
     q.add_argument("--labels", nargs="+", default=None, help="one legend label per RUN_DIR (default: dir names)")
     q.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (default 1 = raw)")
+    q.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
+                   help="draw these metrics.jsonl columns instead of the losses, one panel each, e.g. "
+                        "tokens_per_s samples_per_s step_time_s mfu w_r grad_norm lr")
     q.set_defaults(func=run_plot)

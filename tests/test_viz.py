@@ -379,6 +379,35 @@ def test_plot_runs(tmp_path, capsys):
     _check_png(out)
 
 
+def test_plot_throughput_metrics(tmp_path, capsys):
+    """`--metrics` draws the throughput columns a training run writes (tokens_per_s, samples_per_s,
+    step_time_s, mfu): the series drawn are exactly the numeric values of metrics.jsonl, a null (mfu
+    on CPU) is left out, and a column no run has is a clear error."""
+    runs = []
+    for name, speed in (("sft", 100.0), ("rft", 90.0)):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"step": s, "loss": 1.0 / s, "tokens_per_s": speed + s, "samples_per_s": 0.5 + 0.01 * s,
+                 "step_time_s": 2.0 - 0.01 * s, "mfu": None if s < 3 else 0.1 * s} for s in range(1, 11)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(d)
+    out = tmp_path / "speed.png"
+    info = plot.plot_runs([str(d) for d in runs], str(out), metrics=["tokens_per_s", "step_time_s", "mfu"])
+    _check_png(out, min_width=900)
+    assert info["panels"][0].startswith("throughput")
+    for d in runs:
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        for key in ("tokens_per_s", "step_time_s", "mfu"):
+            want = [(r["step"], r[key]) for r in rows if r[key] is not None]
+            xs, ys = info["series"][key][d.name]
+            assert list(zip(xs, ys)) == want
+    assert main(["plot", str(runs[0]), "--metrics", "samples_per_s", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(runs[0]), "--metrics", "no_such_column", "--output", str(tmp_path / "x.png")]) == 2
+    assert "no_such_column" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_plot_errors(tmp_path, capsys):
     empty = tmp_path / "empty_run"
     empty.mkdir()
