@@ -61,7 +61,8 @@ class RankFailure(RftDsError, RuntimeError):
     """A collective failed because a peer rank died, hung or exited; the message says which."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for MASTER_PORT or a launcher's --master_port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -77,7 +78,7 @@ def init(timeout_min: float = DEFAULT_TIMEOUT_MIN) -> None:
     if "RANK" not in os.environ:  # plain single process: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1",
                           MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"))
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     from deepspeed.accelerator import get_accelerator
 
     acc = get_accelerator()

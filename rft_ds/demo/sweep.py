@@ -23,12 +23,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from rft_ds.dist import free_port
 
 TRUTHS = (("semantic", None), ("prefix_aware", "prefix_aware"), ("needs_input", "needs_input"))
 
@@ -72,19 +73,11 @@ def parse_setting(text: str) -> Setting:
     return s
 
 
-def _port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def launcher(ranks: int, hostfile: str) -> list[str]:
     if ranks == 1:
         return [sys.executable, "-m", "rft_ds"]
     return ["deepspeed", "--hostfile", hostfile, "--no_ssh_check", "--master_addr", "127.0.0.1",
-            "--master_port", str(_port()), "--module", "rft_ds"]
+            "--master_port", str(free_port()), "--module", "rft_ds"]
 
 
 def _run(cmd: list[str], log: Path) -> float:
