@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -57,6 +57,31 @@ def append_line(path: str | os.PathLike, obj) -> None:
         f.write(dumps_line(obj))
         f.flush()
         os.fsync(f.fileno())
+
+
+def iter_jsonl(path: str | os.PathLike, fail: Callable[[int | None, str], Exception],
+               encoding: str = "utf-8", torn_tail_ok: bool = False) -> Iterator[tuple[int, object]]:
+    """Every non-blank line of a JSON-lines file as (line number, parsed value): the one reader loop
+    of the project. `fail(line, message)` builds the exception for a line that is not JSON (or a
+    file that is not UTF-8 text: line None), so each reader keeps its own error type and wording.
+    `torn_tail_ok`: an unterminated last line that does not parse (a crash mid-append) ends the file."""
+    line = 0
+    try:
+        with open(path, encoding=encoding) as f:
+            for line, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    value = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    if torn_tail_ok and not raw.endswith("\n"):
+                        return
+                    raise fail(line, f"malformed JSON: {e.msg} at column {e.colno}") from None
+                except RecursionError:
+                    raise fail(line, "malformed JSON: nested too deeply") from None
+                yield line, value
+    except UnicodeDecodeError as e:
+        raise fail(None, f"not UTF-8 text ({e.reason} after line {line})") from None
 
 
 def read_jsonl_tail_safe(path: str | os.PathLike) -> list[dict]:

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from rft_ds.errors import MasksError
+from rft_ds.fsio import iter_jsonl
 
 
 def meta_path(path: str | os.PathLike) -> Path:
@@ -66,24 +67,18 @@ def read_masks(path: str | os.PathLike) -> dict[str, dict]:
     if not os.path.exists(path):
         raise MasksError(f"{path}: masks file not found (run `rft-ds label` first)")
     out: dict[str, dict] = {}
-    line = 0
+
+    def fail(line, msg):
+        if line is None:
+            return MasksError(f"{path}: {msg}; is this a masks file?")
+        return MasksError(f"{path}:{line}: {msg}")
+
     try:
-        with open(path, encoding="utf-8") as f:
-            for line, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise MasksError(f"{path}:{line}: malformed JSON: {e.msg}") from None
-                except RecursionError:
-                    raise MasksError(f"{path}:{line}: malformed JSON: nested too deeply") from None
-                validate_record(rec, path, line)
-                if rec["id"] in out:
-                    raise MasksError(f"{path}:{line}: field 'id': duplicate id {rec['id']!r}")
-                out[rec["id"]] = rec
-    except UnicodeDecodeError as e:
-        raise MasksError(f"{path}: not UTF-8 text ({e.reason} after line {line}); is this a masks file?") from None
+        for line, rec in iter_jsonl(path, fail):
+            validate_record(rec, path, line)
+            if rec["id"] in out:
+                raise MasksError(f"{path}:{line}: field 'id': duplicate id {rec['id']!r}")
+            out[rec["id"]] = rec
     except OSError as e:
         raise MasksError(f"{path}: cannot read the masks file: {e.strerror or e}") from None
     if not out:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from rft_ds.errors import ConfigError, DataError
-from rft_ds.fsio import atomic_write
+from rft_ds.fsio import atomic_write, iter_jsonl
 
 PANELS = [("loss_r", "reasoning-token loss"), ("loss_b", "boilerplate-token loss"), ("loss", "total loss")]
 # titles and y-axis labels of the other metrics.jsonl columns `--metrics` can draw (any numeric column works)
@@ -38,20 +38,8 @@ def read_metrics(run_dir: str) -> dict[int, dict]:
     if not path.is_file():
         raise DataError(str(path), None, None, "metrics file not found",
                         "a training run writes metrics.jsonl into its output directory as it trains")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except UnicodeDecodeError as e:
-        raise DataError(str(path), None, None, f"not UTF-8 text: {e}") from None
     rows: dict[int, dict] = {}
-    for lineno, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            if lineno == len(lines) and not raw.endswith("\n"):
-                break  # torn tail
-            raise DataError(str(path), lineno, None, f"malformed JSON: {e.msg}") from None
+    for lineno, row in iter_jsonl(path, lambda line, msg: DataError(str(path), line, None, msg), torn_tail_ok=True):
         if not isinstance(row, dict):
             raise DataError(str(path), lineno, None, f"each line must be a JSON object, got {type(row).__name__}")
         step = row.get("step")

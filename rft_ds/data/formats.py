@@ -12,13 +12,13 @@ Every sample must have at least one non-empty assistant message; ids must be uni
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from rft_ds.errors import DataError
+from rft_ds.fsio import iter_jsonl
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
@@ -103,28 +103,17 @@ def iter_conversations(path: str | os.PathLike) -> Iterator[Conversation]:
     if not os.path.exists(path):
         raise DataError(path, None, None, "file not found")
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark some editors write is skipped
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(path, lineno, None, f"malformed JSON: {e.msg} at column {e.colno}") from None
-            except RecursionError:
-                raise DataError(path, lineno, None, "malformed JSON: nested too deeply") from None
-            conv = parse_sample(obj, path, lineno)
-            if conv.id in seen:
-                raise DataError(path, lineno, "id", f"duplicate id {conv.id!r} (first on line {seen[conv.id]})",
-                                "ids must be unique: masks are joined by id")
-            seen[conv.id] = lineno
-            yield conv
+    # -sig: a byte-order mark some editors write is skipped
+    for lineno, obj in iter_jsonl(path, lambda line, msg: DataError(path, line, None, msg), encoding="utf-8-sig"):
+        conv = parse_sample(obj, path, lineno)
+        if conv.id in seen:
+            raise DataError(path, lineno, "id", f"duplicate id {conv.id!r} (first on line {seen[conv.id]})",
+                            "ids must be unique: masks are joined by id")
+        seen[conv.id] = lineno
+        yield conv
     if not seen:
         raise DataError(path, None, None, "empty file: no samples")
 
 
 def read_conversations(path: str | os.PathLike) -> list[Conversation]:
-    try:
-        return list(iter_conversations(path))
-    except UnicodeDecodeError as e:
-        raise DataError(str(path), None, None, f"not UTF-8 text: {e}") from None
+    return list(iter_conversations(path))
