@@ -146,10 +146,10 @@ def data_slice(n: int) -> Path:
 
 
 def build_model(out: Path, hidden: int, layers: int, heads: int, vocab: int, seed: int = 0) -> Path:
-    """A tiny random Llama + tokenizer trained on the demo data (rft_ds.tiny), built once."""
+    """A tiny random Llama + tokenizer trained on the demo data (rft_ds.tools.tiny), built once."""
     if (out / "config.json").exists():
         return out
-    from rft_ds.tiny import build_tiny_model
+    from rft_ds.tools.tiny import build_tiny_model
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,7 @@
 Demo data (data/demo/train.jsonl), demo settings: 2 ranks, micro-batch 8 (global batch 16),
 label batch 16, max-seq-len 512, the demo's tokenizer (the tiny model's). Training: every optimizer
 step of one epoch through rft_ds.data.batching.global_batches / split_global_batch / collate
-(length grouping on, the default); labeling: rft_ds.label.plan_batches. Computed tokens = rows x
+(length grouping on, the default); labeling: rft_ds.label.chunks.plan_batches. Computed tokens = rows x
 the longest row of each micro-batch (what the forward pass runs over); padding share =
 1 - real tokens / computed tokens. No model runs: seconds.
 
@@ -20,7 +20,7 @@ def main() -> None:
     from rft_ds.data.batching import DUMMY, collate, global_batches, split_global_batch
     from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_dataset
-    from rft_ds.label import plan_batches
+    from rft_ds.label.chunks import plan_batches
     from rft_ds.modeling import load_tokenizer
 
     s = sizes()

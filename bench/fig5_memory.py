@@ -1,6 +1,6 @@
 """Figure 5: memory per rank of a ZeRO-3 training step at 1 and 2 ranks.
 
-A ~100M-parameter Llama (rft_ds.tiny.build_tiny_model, hidden 1024 x 6 layers on the cpu profile)
+A ~100M-parameter Llama (rft_ds.tools.tiny.build_tiny_model, hidden 1024 x 6 layers on the cpu profile)
 so that parameters, gradients and optimizer state dominate; `rft-ds train` (the real command, ZeRO-3,
 DeepSpeed AdamW, fp32 on CPU) runs 2 steps of micro-batch 1 under bench/mem_probe.py, which reads
 /proc/self/status per rank. The figure:

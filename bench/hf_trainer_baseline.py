@@ -7,7 +7,7 @@ Everything that decides the work of a step is the same as `rft-ds train --loss s
   * batches: the engine's global batches (rft_ds.data.batching.global_batches, same seed, length
     grouping) cut into the same per-rank micro-batches; the dataset is laid out so that Trainer's
     sequential sampler + accelerate's batch sharding hands rank r exactly the engine's micro-batch;
-  * DeepSpeed: the engine's resolved ds_config dict (rft_ds.config.resolve_ds_config of the same
+  * DeepSpeed: the engine's resolved ds_config dict (rft_ds.ds_config.resolve_ds_config of the same
     JSON and flags): ZeRO-3, DeepSpeed's AdamW with the same lr / weight decay / betas / eps,
     gradient clipping, fp32 on CPU (bf16 on GPU), micro-batch x accumulation x ranks;
   * schedule: cosine with 3% warm-up, like the engine's default.
@@ -22,6 +22,7 @@ the training function), so per-step deltas compare directly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -71,7 +72,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from rft_ds import dist
-    from rft_ds.config import TrainConfig, default_ds_config, load_ds_config, resolve_ds_config
+    from rft_ds.config import TrainConfig
+    from rft_ds.ds_config import default_ds_config, load_ds_config, resolve_ds_config, resolved_flags
     from rft_ds.data.batching import DUMMY, global_batches, split_global_batch
     from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_dataset
@@ -88,6 +90,7 @@ def main() -> None:
                       lr=a.lr, seed=a.seed, max_seq_len=a.max_seq_len, precision=a.precision)
     raw = load_ds_config(a.deepspeed) if a.deepspeed else default_ds_config()
     ds = resolve_ds_config(raw, cfg, W, dist.on_gpu(), src=a.deepspeed or "default ds_config")
+    cfg = dataclasses.replace(cfg, **resolved_flags(ds, cfg))
     precision = "bf16" if ds["bf16"].get("enabled") else "fp16" if ds["fp16"].get("enabled") else "fp32"
     B, GA = cfg.micro_batch_size, cfg.grad_accum
     G = B * GA * W

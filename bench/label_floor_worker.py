@@ -1,7 +1,7 @@
 """The labeling pass's floor and a naive loop, on the same ranks and samples as `rft-ds label`.
 
 Launched like label: `deepspeed --num_gpus 2 bench/label_floor_worker.py --base B --shad S --data D ...`.
-Each rank takes exactly the samples `rft-ds label` gives it (rft_ds.label.plan_batches, batch j on
+Each rank takes exactly the samples `rft-ds label` gives it (rft_ds.label.chunks.plan_batches, batch j on
 rank j % W) and computes the same per-token losses with plain PyTorch (a whole model per rank, no
 ZeRO, no padding, no file I/O), timed between two barriers (so a variant's time is its slowest rank):
 
@@ -52,7 +52,7 @@ def main() -> None:
     from rft_ds import dist
     from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_conversation
-    from rft_ds.label import plan_batches
+    from rft_ds.label.chunks import plan_batches
     from rft_ds.modeling import load_tokenizer, torch_dtype
 
     dist.init()

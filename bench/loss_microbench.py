@@ -1,6 +1,6 @@
 """The intrinsic cost of RFT over SFT per micro-step: the engine's loss code alone (figure 1's profile).
 
-Times, in this process, interleaved, what `rft_ds/engine.py` runs per micro-batch after the model's
+Times, in this process, interleaved, what `rft_ds/train/step.py` runs per micro-batch after the model's
 per-token CE, forward and backward down to the CE tensor: SFT (token sum, class sums, metric
 accumulators) vs RFT sample granularity (the same plus rft_ds.losses.rft_per_sample and its weight
 metrics), on tensors shaped like a demo micro-batch (8 samples, ~900 loss tokens). The model's own
@@ -26,40 +26,27 @@ def make(n_tok: int, n_samples: int, seed: int = 0):
     return ce, seg, classes
 
 
-def sft_step(ce, seg, classes, W=2, N=1800.0):
-    from rft_ds.losses import class_sums
+def _step(spec, ce, seg, classes, n_samples, W=2, N=1800.0, S=16.0):
+    """The engine's per-micro-batch loss code (rft_ds.train.step), on given tensors."""
+    from rft_ds.train.step import MetricSums, StepCounts, micro_loss
 
-    acc = torch.zeros(8, dtype=torch.float64)
-    cs = class_sums(ce, classes)
-    loss = ce.sum() * (W / max(N, 1.0))
-    obj = ce.detach().sum() / max(N, 1.0)
-    loss.backward()
-    acc[0] += ce.detach().sum()
-    acc[1] += ce.numel()
-    acc[2] += cs[0].detach()
-    acc[3] += cs[2].detach()
-    acc[4] += obj
+    counts = StepCounts(tokens=N, samples=S)
+    sums = MetricSums("cpu")
+    out = micro_loss(ce, seg, classes, n_samples, counts, spec, W)
+    out.loss.backward()
+    sums.add(ce, classes, out)
 
 
-def rft_step(ce, seg, classes, n_samples, W=2, S=16.0, tau=2.0):
-    from rft_ds.losses import class_sums, rft_per_sample
+def sft_step(ce, seg, classes, n_samples=8):
+    from rft_ds.train.step import LossSpec
 
-    acc = torch.zeros(8, dtype=torch.float64)
-    cs = class_sums(ce, classes)
-    cls = torch.where(classes == 2, torch.zeros_like(classes), classes)
-    per, w_b, w_r, has = rft_per_sample(ce, seg, cls, n_samples, tau, True)
-    loss = per.sum() * (W / max(S, 1.0))
-    obj = per.detach().sum() / max(S, 1.0)
-    both = has & (w_b > 0) & (w_r > 0)
-    acc[5] += w_b.detach()[both].sum()
-    acc[6] += w_r.detach()[both].sum()
-    acc[7] += both.sum()
-    loss.backward()
-    acc[0] += ce.detach().sum()
-    acc[1] += ce.numel()
-    acc[2] += cs[0].detach()
-    acc[3] += cs[2].detach()
-    acc[4] += obj
+    _step(LossSpec("sft"), ce, seg, classes, n_samples)
+
+
+def rft_step(ce, seg, classes, n_samples, tau=2.0):
+    from rft_ds.train.step import LossSpec
+
+    _step(LossSpec("rft", "sample", tau, True), ce, seg, classes, n_samples)
 
 
 def measure(n_tok: int = 900, n_samples: int = 8, reps: int = 2000, threads: int = 1) -> dict:

@@ -31,7 +31,7 @@ import deepspeed  # noqa: E402
 import transformers  # noqa: E402, F401
 
 import rft_ds.cli  # noqa: E402
-import rft_ds.engine  # noqa: E402, F401
+import rft_ds.train.loop  # noqa: E402, F401
 import rft_ds.modeling  # noqa: E402, F401
 
 

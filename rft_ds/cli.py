@@ -19,20 +19,20 @@ from rft_ds.errors import RftDsError
 
 # Order is the order of `rft-ds --help`.
 COMMAND_MODULES = [
-    "rft_ds.tiny",          # tiny-model
-    "rft_ds.fetch_model",   # fetch-model
-    "rft_ds.train_cli",     # train, shad-train
-    "rft_ds.label",         # label
-    "rft_ds.view",          # view
-    "rft_ds.plot",          # plot
-    "rft_ds.convert",       # convert
-    "rft_ds.evaluate",      # evaluate
-    "rft_ds.memory",        # estimate-memory
-    "rft_ds.hostfile",      # check-hostfile
-    "rft_ds.lora",          # merge-lora
-    "rft_ds.demo.generate", # demo-data
-    "rft_ds.demo.warmup",   # demo-warmup-data
-    "rft_ds.demo.report",   # demo-report
+    "rft_ds.tools.tiny",        # tiny-model
+    "rft_ds.tools.fetch_model", # fetch-model
+    "rft_ds.train.cli",         # train, shad-train
+    "rft_ds.label.cli",         # label
+    "rft_ds.tools.view",        # view
+    "rft_ds.tools.plot",        # plot
+    "rft_ds.tools.convert",     # convert
+    "rft_ds.tools.evaluate",    # evaluate
+    "rft_ds.tools.memory",      # estimate-memory
+    "rft_ds.tools.hostfile",    # check-hostfile
+    "rft_ds.train.lora",        # merge-lora
+    "rft_ds.demo.generate",     # demo-data
+    "rft_ds.demo.warmup",       # demo-warmup-data
+    "rft_ds.demo.report",       # demo-report
 ]
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     rc = _run(args)
-    if "torch" in sys.modules:  # commands that started a process group end it (rft_ds/dist.py: teardown)
+    if "torch" in sys.modules:  # commands that started a process group end it (rft_ds/dist/group.py: shutdown)
         from rft_ds import dist
 
         dist.shutdown(ok=rc == 0)

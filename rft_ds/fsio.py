@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator
@@ -37,6 +38,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+def atomic_dir(out_dir: str | os.PathLike, write) -> None:
+    """Call write(tmp_dir) on a temp dir beside `out_dir`, give its files the usual permissions (mkdtemp
+    makes 0700, safetensors and transformers write 0600), then rename it over `out_dir` (replacing
+    it). On any exception the temp dir is removed and `out_dir` is left as it was."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write(tmp)
+        for f in (f for f in tmp.iterdir() if f.is_file()):
+            os.chmod(f, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

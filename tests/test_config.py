@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rft_ds.config import TrainConfig, default_ds_config, load_ds_config, resolve_ds_config
+from rft_ds.config import TrainConfig
+from rft_ds.ds_config import default_ds_config, load_ds_config, resolve_ds_config, resolved_flags
 from rft_ds.errors import ConfigError, MasksError
 from rft_ds.masks import make_record, read_masks, validate_record
 
@@ -66,8 +67,9 @@ def test_default_config_resolves_with_defaults(world):
     ds = resolve_ds_config(default_ds_config(), c, world, on_gpu=False)
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == \
         (1, 1, world)
-    assert (c.micro_batch_size, c.grad_accum) == (1, 1)
-    assert ds["optimizer"]["params"]["lr"] == c.lr and ds["gradient_clipping"] == c.grad_clip
+    r = resolved_flags(ds, c)
+    assert (r["micro_batch_size"], r["grad_accum"]) == (1, 1)
+    assert ds["optimizer"]["params"]["lr"] == r["lr"] and ds["gradient_clipping"] == r["grad_clip"]
     assert ds["zero_optimization"]["stage"] == 3
 
 
@@ -77,7 +79,8 @@ def test_concrete_batch_values_are_taken_when_flags_unset():
     raw = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "train_batch_size": 16}
     c = cfg()
     ds = resolve_ds_config(raw, c, 2, False)
-    assert (c.micro_batch_size, c.grad_accum, ds["train_batch_size"]) == (4, 2, 16)
+    r = resolved_flags(ds, c)
+    assert (r["micro_batch_size"], r["grad_accum"], ds["train_batch_size"]) == (4, 2, 16)
     # the same values given as flags agree with the JSON
     assert resolve_ds_config(raw, cfg(micro_batch_size=4, grad_accum=2), 2, False)["train_batch_size"] == 16
 

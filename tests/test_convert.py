@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from rft_ds import convert as cv
+from rft_ds.data import records
+from rft_ds.tools import convert as cv
 from rft_ds.cli import main
 from rft_ds.data.formats import read_conversations
 from rft_ds.errors import DataError
-from rft_ds.toolcalls import parse_tool_calls, parse_turn
+from rft_ds.tools.toolcalls import parse_tool_calls, parse_turn
 
 FIX = Path(__file__).parent / "fixtures"
 TOOLBENCH = FIX / "toolbench_small.json"
@@ -194,7 +195,7 @@ def test_array_reader_small_chunks(tmp_path, monkeypatch):
     p = tmp_path / "a.json"
     p.write_text("\n[\n" + ",\n".join(json.dumps(d, ensure_ascii=False) for d in data) + "\n]\n")
     for chunk in (1, 3, 7, 64):
-        monkeypatch.setattr(cv, "CHUNK_CHARS", chunk)
+        monkeypatch.setattr(records, "CHUNK_CHARS", chunk)
         recs = list(cv.iter_records(p))
         assert [r.value for r in recs] == data
         assert [r.line for r in recs] == list(range(3, 3 + len(data)))
@@ -204,7 +205,7 @@ def test_array_reader_small_chunks(tmp_path, monkeypatch):
 def test_array_reader_memory_is_bounded():
     record = json.dumps({"conversations": [{"from": "user", "value": "x" * 100}]})
     text = "[" + ",".join([record] * 5000) + "]"  # ~0.6 MB on one line
-    reader = cv._ArrayReader(io.StringIO(text), "mem.json", chunk=4096)
+    reader = records._ArrayReader(io.StringIO(text), "mem.json", chunk=4096)
     reader.buf = reader.f.read(10)
     peak, n = 0, 0
     for _ in reader:
@@ -216,6 +217,6 @@ def test_array_reader_memory_is_bounded():
 def test_array_reader_huge_element():
     big = {"id": "big", "value": "y" * 300_000}
     text = json.dumps([big, {"id": "small"}])
-    reader = cv._ArrayReader(io.StringIO(text), "mem.json", chunk=1000)
+    reader = records._ArrayReader(io.StringIO(text), "mem.json", chunk=1000)
     reader.buf = reader.f.read(1)
     assert [r.value for r in reader] == [big, {"id": "small"}]

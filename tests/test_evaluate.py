@@ -9,8 +9,8 @@ import pytest
 
 from launchutil import ds_launch
 
-from rft_ds import convert as cv
-from rft_ds import evaluate as ev
+from rft_ds.tools import convert as cv
+from rft_ds.tools import evaluate as ev
 from rft_ds.cli import main
 from rft_ds.errors import DataError
 
@@ -123,7 +123,7 @@ def _train_briefly(model_dir: str, data: str, steps: int) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from rft_ds.tiny import build_tiny_model
+    from rft_ds.tools.tiny import build_tiny_model
 
     d = tmp_path_factory.mktemp("evaluate")
     parts = []

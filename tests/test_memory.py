@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rft_ds import memory as m
+from rft_ds.tools import memory as m
 from rft_ds.cli import main
 from rft_ds.errors import ConfigError
 

@@ -63,7 +63,7 @@ def test_recipe_command_parses(recipe, tmp_path):
     """Run the recipe with a recording `deepspeed`: the launcher flags are right and the rft-ds
     command after `--module rft_ds` parses (train commands also pass TrainConfig.check)."""
     from rft_ds.cli import build_parser
-    from rft_ds.train_cli import config_from_args
+    from rft_ds.train.cli import config_from_args
 
     bindir, log = _fake_deepspeed(tmp_path)
     e = env({"PATH": f"{bindir}{os.pathsep}{env()['PATH']}", "FAKE_DS_LOG": str(log),
@@ -267,7 +267,8 @@ def test_nvme_offload_config_is_valid():
     from deepspeed.runtime.swap_tensor.aio_config import get_aio_config
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    from rft_ds.config import TrainConfig, load_ds_config, resolve_ds_config
+    from rft_ds.config import TrainConfig
+    from rft_ds.ds_config import load_ds_config, resolve_ds_config
 
     path = ROOT / "ds_configs" / "zero3_offload_nvme.json"
     raw = load_ds_config(str(path))
@@ -279,5 +280,5 @@ def test_nvme_offload_config_is_valid():
     assert zero.gather_16bit_weights_on_model_save
     assert set(raw["aio"]) <= set(get_aio_config(ds)), "aio keys this DeepSpeed knows"
     for name in ("llama3-70b", "qwen2.5-72b"):
-        facts = json.loads((ROOT / "rft_ds" / "model_facts" / f"{name}.json").read_text())
+        facts = json.loads((ROOT / "rft_ds" / "tools" / "model_facts" / f"{name}.json").read_text())
         assert zero.offload_param.buffer_size >= facts["vocab_size"] * facts["hidden_size"], name

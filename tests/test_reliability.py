@@ -236,7 +236,7 @@ def test_overwrite_replaces_a_finished_run(catalogue):
 def test_collective_named_from_traceback():
     import sys as _sys
 
-    from rft_ds import dist
+    from rft_ds.dist import failure
 
     ns: dict = {}
     src = "def _allgather_params_coalesced():\n    raise RuntimeError('gloo: Connection closed by peer')\n"
@@ -245,7 +245,7 @@ def test_collective_named_from_traceback():
         ns["_allgather_params_coalesced"]()
     except RuntimeError:
         tb = _sys.exc_info()[2]
-    assert dist._collective_in(tb) == "DeepSpeed _allgather_params_coalesced (partition_parameters.py)"
+    assert failure._collective_in(tb) == "DeepSpeed _allgather_params_coalesced (partition_parameters.py)"
 
 
 def test_reliability_doc_lists_every_case():
@@ -257,7 +257,7 @@ def test_reliability_doc_lists_every_case():
 # =============================================================================================
 # 1b. hostfiles
 
-from rft_ds.hostfile import HostfileError, parse_hostfile  # noqa: E402
+from rft_ds.tools.hostfile import HostfileError, parse_hostfile  # noqa: E402
 
 
 def _ds_parse(text: str):
@@ -325,8 +325,8 @@ def test_hostfile_missing_and_not_text(tmp_path):
 def cli_main(monkeypatch):
     from rft_ds import cli
 
-    if "rft_ds.hostfile" not in cli.COMMAND_MODULES:  # until cli.py lists it
-        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ["rft_ds.hostfile"])
+    if "rft_ds.tools.hostfile" not in cli.COMMAND_MODULES:  # until cli.py lists it
+        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ["rft_ds.tools.hostfile"])
     return cli.main
 
 
@@ -538,7 +538,7 @@ conv_record = st.fixed_dictionaries(
 @given(st.sampled_from(["toolbench", "apigen", "sharegpt"]), st.booleans(), st.lists(conv_record.map(json.dumps),
                                                                                       max_size=4), st.data())
 def test_fuzz_converters_convert_or_raise_data_error(source, as_array, records, data):
-    from rft_ds import convert as cv
+    from rft_ds.tools import convert as cv
 
     text = ("[" + ",\n".join(records) + "]") if as_array else "\n".join(records)
     d = tempfile.mkdtemp()
@@ -580,12 +580,13 @@ def test_peer_report_names_dead_hung_and_failed_ranks(monkeypatch):
     import torch.distributed as td
 
     from rft_ds import dist
+    from rft_ds.dist import failure
 
     port = free_port()
     master = td.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
     for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "6"}.items():
         monkeypatch.setenv(k, v)
-    hb = dist._Heartbeat(0.1)
+    hb = failure._Heartbeat(0.1)
     monkeypatch.setitem(dist._state, "hb", hb)
     monkeypatch.setitem(dist._state, "timeout_min", 0.5)
     stop = threading.Event()
@@ -611,7 +612,7 @@ def test_peer_report_names_dead_hung_and_failed_ranks(monkeypatch):
         assert "rank 4 never sent a heartbeat" in rep
         assert "rank 1" not in rep and "rank 5" not in rep
         with pytest.raises(dist.RankFailure) as ei:
-            dist._guard("all_reduce", lambda: (_ for _ in ()).throw(RuntimeError("gloo: Connection closed by peer")))
+            failure._guard("all_reduce", lambda: (_ for _ in ()).throw(RuntimeError("gloo: Connection closed by peer")))
         msg = str(ei.value)
         for w in ["[rank 0/6 on", "collective 'all_reduce' failed after", "process-group timeout 0.5 min",
                   "lost: rank 2", "Backend said: RuntimeError: gloo: Connection closed by peer",

@@ -138,7 +138,7 @@ def test_fingerprint_stable_across_save_and_reload(tiny_tok, tiny_dir, tmp_path)
 
 
 def test_fingerprint_differs_for_a_different_vocabulary(tiny_tok, demo_slice):
-    from rft_ds.tiny import train_tokenizer
+    from rft_ds.tools.tiny import train_tokenizer
 
     convs = read_conversations(demo_slice)[:100]
     texts = [m["content"] for c in convs for m in c.messages]

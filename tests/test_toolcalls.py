@@ -1,6 +1,6 @@
 import pytest
 
-from rft_ds.toolcalls import (arguments_match, calls_match, is_final_answer, json_equal, names_match,
+from rft_ds.tools.toolcalls import (arguments_match, calls_match, is_final_answer, json_equal, names_match,
                               parse_tool_calls, parse_turn)
 
 

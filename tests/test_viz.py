@@ -19,7 +19,7 @@ from rft_ds.cli import main
 from rft_ds.errors import ConfigError, DataError
 from rft_ds.fsio import write_json
 from rft_ds.masks import make_record, meta_path, read_masks
-from rft_ds import plot, view
+from rft_ds.tools import plot, view
 
 import browser
 
@@ -96,7 +96,7 @@ def world(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from rft_ds.data.render import ensure_chat_template, tokenizer_fingerprint
-    from rft_ds.tiny import build_tiny_model
+    from rft_ds.tools.tiny import build_tiny_model
 
     d = tmp_path_factory.mktemp("viz")
     samples = make_samples()

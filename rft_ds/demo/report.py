@@ -17,7 +17,7 @@ and <data-dir>/{train,heldout,roles}.jsonl from `rft-ds demo-data`.
    balanced accuracy, the share of tokens labeled reasoning vs the true share, mean LD per true class.
 2. SFT vs RFT (held-out). Per seed and run: teacher-forced next-token accuracy (argmax == target)
    and mean cross-entropy on the loss tokens of every assistant message, split by true role (fp32,
-   one process, no DeepSpeed); and tool-call metrics of greedy generation (`rft_ds.evaluate.evaluate`)
+   one process, no DeepSpeed); and tool-call metrics of greedy generation (`rft_ds.tools.evaluate.evaluate`)
    on every held-out assistant turn that makes a tool call, generated from the conversation before
    it. (The last assistant turn of a demo sample is always its final answer, which has no call, so
    evaluating the held-out file as it is would leave the call metrics empty.) Then mean ± sample
@@ -390,7 +390,7 @@ def teacher_forced(model_dir: str, encs: list, pad_id: int, batch_size: int, dev
 def call_turn_samples(convs: list) -> list[dict]:
     """One evaluation sample per assistant turn that makes a tool call: the conversation up to and
     including that turn (so `evaluate` generates it from everything before it)."""
-    from rft_ds.toolcalls import parse_turn
+    from rft_ds.tools.toolcalls import parse_turn
 
     out = []
     for c in convs:
@@ -737,7 +737,7 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
         for s in calls:
             f.write(dumps_line(s))
 
-    from rft_ds.evaluate import evaluate
+    from rft_ds.tools.evaluate import evaluate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs: dict[str, dict[str, dict]] = {r: {} for r in RUNS}
@@ -779,7 +779,7 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
     }
 
     # ---- pictures
-    from rft_ds import plot, view
+    from rft_ds.tools import plot, view
 
     t1 = time.time()
     curves = demo / "curves.png"

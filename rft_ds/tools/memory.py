@@ -6,7 +6,7 @@ Usage:
         [--gpu-memory-gb 80 --cpu-memory-gb 1024] [--json]
 
 `--model` is a HF `config.json`, a directory holding one, or a shipped name (`llama3-8b`,
-`llama3-70b`, `qwen2.5-72b`: architecture facts in `rft_ds/model_facts/<name>.json`).
+`llama3-70b`, `qwen2.5-72b`: architecture facts in `rft_ds/tools/model_facts/<name>.json`).
 
 All sizes are GiB (2**30 bytes), the unit DeepSpeed's own estimator prints. P is the parameter
 count, T the trained parameters (P, or the LoRA adapters), N = nodes * gpus_per_node, L the
@@ -729,21 +729,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         reduce_bucket_size=elems("reduce-bucket-size", args.reduce_bucket_size),
         sub_group_size=elems("sub-group-size", args.sub_group_size),
     )
-    return Settings(
-        nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node,
-        offload=args.offload,
-        seq_len=args.seq_len,
-        micro_batch_size=args.micro_batch_size,
-        grad_ckpt=args.grad_ckpt,
-        lora_rank=args.lora_rank,
-        loss_chunk_tokens=args.loss_chunk_tokens,
-        gpu_memory_gb=args.gpu_memory_gb,
-        cpu_memory_gb=args.cpu_memory_gb,
-        runtime_reserve_gb=args.runtime_reserve_gb,
-        host_overhead_factor=args.host_overhead_factor,
-        knobs=knobs,
-    )
+    return Settings(knobs=knobs, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                                    if f.name != "knobs"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ import os
 import time
 
 from rft_ds.errors import ConfigError, DataError
-from rft_ds.toolcalls import arguments_match, calls_match, names_match, parse_turn
+from rft_ds.tools.toolcalls import arguments_match, calls_match, names_match, parse_turn
 
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_BATCH_SIZE = 8

@@ -17,7 +17,7 @@ never leaves a half-written adapter that looks whole.
 
 Merge an adapter later, in a plain process (CPU is fine; a 70B model needs ~140 GB of host memory
 in bf16):
-    python -m rft_ds.lora merge --adapter OUT/final --output OUT/final-merged [--base BASE_DIR]
+    python -m rft_ds.train.lora merge --adapter OUT/final --output OUT/final-merged [--base BASE_DIR]
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from rft_ds.errors import ConfigError
+from rft_ds.fsio import atomic_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -41,25 +39,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 class EmptyAdapterError(RuntimeError):
     pass
-
-
-def _atomic_dir(out_dir: Path, write) -> None:
-    """Call write(tmp_dir), then rename tmp_dir to out_dir (replacing it)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in (f for f in tmp.iterdir() if f.is_file()):  # mkdtemp and safetensors create 0700/0600; give the usual permissions
-            os.chmod(f, 0o666 & ~umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def adapter_state_dict(lm, state_dict: dict, adapter_name: str = "default") -> dict[str, torch.Tensor]:
@@ -115,7 +94,7 @@ def save_lora(lm, state_dict: dict | None, tokenizer, out: str | Path, merge: bo
         cfg.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
 
-    _atomic_dir(out / "final", write_adapter)
+    atomic_dir(out / "final", write_adapter)
     n = sum(v.numel() for v in weights.values())
     print(f"save_lora: adapter with {len(weights)} tensors ({n:,} parameters) -> {out / 'final'}",
           flush=True)
@@ -205,7 +184,7 @@ def merge_adapter_dir(adapter: str | Path, output: str | Path, base: str | None 
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
 
-    _atomic_dir(output, write)
+    atomic_dir(output, write)
     return output
 
 
@@ -223,21 +202,21 @@ def _run_merge(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """`rft-ds merge-lora` (once "rft_ds.lora" is listed in rft_ds.cli.COMMAND_MODULES)."""
+    """`rft-ds merge-lora` (once "rft_ds.train.lora" is listed in rft_ds.cli.COMMAND_MODULES)."""
     m = sub.add_parser("merge-lora", help="fold a LoRA adapter (a LoRA run's OUT/final) into its base model")
     _add_merge_flags(m)
     m.set_defaults(func=_run_merge)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rft_ds.lora", description="LoRA adapter tools")
+    p = argparse.ArgumentParser(prog="python -m rft_ds.train.lora", description="LoRA adapter tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_merge_flags(sub.add_parser("merge", help="fold a LoRA adapter (OUT/final) into its base model"))
     a = p.parse_args(argv)
     try:
         return _run_merge(a)
     except ConfigError as e:
-        print(f"rft_ds.lora merge: error: {e}", file=sys.stderr)
+        print(f"rft_ds.train.lora merge: error: {e}", file=sys.stderr)
         return 2
 
 

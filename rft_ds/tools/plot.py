@@ -10,7 +10,6 @@ mfu), the RFT weights (w_r, w_b), grad_norm or lr: one panel each.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path

@@ -1,0 +1,6 @@
+"""The labeling pass (`label`): per-token LD = l_shad - l_base over data-parallel ranks -> masks.jsonl.
+
+    cli.py     flags -> LabelConfig
+    run.py     the pass, top to bottom: tokenize, plan, load both models, forward rounds, merge
+    chunks.py  the batch plan, the work dir's manifest and resume, chunk files, the merge
+"""

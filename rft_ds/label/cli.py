@@ -1,0 +1,42 @@
+"""`rft-ds label`: flags -> LabelConfig -> rft_ds.label.run.label. Every default comes from
+LabelConfig (`D(name)`), so it is written once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from rft_ds.config import LabelConfig, default_of
+
+
+def D(name: str):
+    return default_of(LabelConfig, name)
+
+
+def run_label(a: argparse.Namespace) -> int:
+    from rft_ds.label.run import label
+
+    return label(LabelConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(LabelConfig)}))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="SHAD step 3: per-token LD = l_shad - l_base -> masks.jsonl (sharded, resumable)")
+    p.add_argument("--base", required=True, help="the original base model directory")
+    p.add_argument("--shad", required=True, help="the shuffle-tuned model (shad-train OUTPUT/final)")
+    p.add_argument("--data", required=True, help="the training JSONL to label")
+    p.add_argument("--output", required=True, help="masks JSONL to write")
+    p.add_argument("--batch-size", type=int, default=D("batch_size"), help="samples per forward pass per rank")
+    p.add_argument("--max-seq-len", type=int, default=D("max_seq_len"), help="must equal the RFT run's --max-seq-len")
+    p.add_argument("--on-overflow", choices=["truncate", "error"], default=D("on_overflow"))
+    p.add_argument("--margin", type=float, default=D("margin"), help="label 1 iff LD > margin (paper: 0)")
+    p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON (its ZeRO section is used); default ZeRO-3")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=D("precision"))
+    p.add_argument("--logits-chunk", type=int, default=D("logits_chunk"),
+                   help="loss positions per lm_head call (the same default as train and estimate-memory)")
+    p.add_argument("--attn-implementation", default=D("attn_implementation"))
+    p.add_argument("--rounds-per-chunk", type=int, default=D("rounds_per_chunk"), help="rounds (one batch per rank) per chunk file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing masks file / unfinished work")
+    p.add_argument("--dist-timeout-min", type=float, default=D("dist_timeout_min"))
+    p.add_argument("--log-every-s", type=float, default=D("log_every_s"),
+                   help="when stderr is not a terminal: one progress line every N seconds (a bar otherwise)")
+    p.set_defaults(func=run_label)

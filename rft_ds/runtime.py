@@ -1,0 +1,86 @@
+"""The one place a pass claims its output and builds its DeepSpeed engine (train and label alike).
+
+    claim_output(...)   rank 0 decides whether the output may be written (a finished run is never
+                        overwritten without --overwrite / --resume), every rank follows
+    build_engine(...)   from_pretrained under the DeepSpeed config (ZeRO-3: weights load straight
+                        into partitions), optional LoRA, the per-token-loss wrapper, deepspeed.initialize
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from rft_ds import dist
+from rft_ds.errors import ConfigError
+
+
+def claim_output(held: list[Path], clear: list[Path], *, overwrite: bool, refusal: str,
+                 allow: bool = False, mkdir: Path | None = None) -> None:
+    """Refuse (ConfigError `refusal`) when any of `held` exists, unless `overwrite` (then every path
+    in `clear` is removed first) or `allow` (e.g. --resume). Decided on rank 0 and broadcast, so
+    every rank raises the same error or none; on a shared filesystem only rank 0 touches it."""
+    err = None
+    if dist.is_main():
+        if any(p.exists() for p in held) and not (overwrite or allow):
+            err = refusal
+        elif overwrite:
+            for p in clear:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if mkdir is not None:
+            mkdir.mkdir(parents=True, exist_ok=True)
+    err = dist.broadcast_object(err)
+    if err:
+        raise ConfigError(err)
+
+
+class Built(NamedTuple):
+    engine: object        # the DeepSpeed engine around TokenLossModel
+    hf: object            # the Hugging Face model (for its config and the final save)
+    lm: object            # what was wrapped: hf, or its peft LoRA model
+    hf_ds_config: object  # HfDeepSpeedConfig: keep it alive while the model is used under ZeRO-3
+
+
+class LoraSpec(NamedTuple):
+    rank: int
+    alpha: float | None
+    targets: str
+
+
+def build_engine(model_dir: str, ds: dict, precision: str, *, logits_chunk: int, attn: str,
+                 lora: LoraSpec | None = None, grad_ckpt: bool = False,
+                 optimizer: Callable | None = None, scheduler: Callable | None = None) -> Built:
+    """Load `model_dir` under `ds` and wrap it in a DeepSpeed engine. Without `optimizer` (a
+    function of the trainable parameters; only where the JSON has no optimizer section) an
+    inference engine in eval mode is returned."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from rft_ds.modeling import TokenLossModel, load_causal_lm
+
+    keep = HfDeepSpeedConfig(ds) if ds.get("zero_optimization", {}).get("stage") == 3 else None
+    hf = load_causal_lm(model_dir, precision, attn)
+    if grad_ckpt:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm = hf
+    if lora is not None and lora.rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(hf, LoraConfig(r=lora.rank, lora_alpha=lora.alpha or 2 * lora.rank,
+                                           target_modules=lora.targets.split(","), lora_dropout=0.0,
+                                           task_type="CAUSAL_LM"))
+        if grad_ckpt:
+            hf.enable_input_require_grads()
+    model = TokenLossModel(lm, logits_chunk)
+    training = "optimizer" in ds or optimizer is not None
+    if training:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = optimizer(params) if optimizer is not None and "optimizer" not in ds else None
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt, config=ds,
+                                          lr_scheduler=None if "scheduler" in ds else scheduler)
+    else:
+        engine, *_ = deepspeed.initialize(model=model, config=ds)
+        engine.eval()
+    engine.module.check_logits(engine.device, precision)
+    return Built(engine, hf, lm, keep)
