@@ -86,7 +86,6 @@ def iter_jsonl(path: str | os.PathLike, fail: Callable[[int | None, str], Except
     of the project. `fail(line, message)` builds the exception for a line that is not JSON (or a
     file that is not UTF-8 text: line None), so each reader keeps its own error type and wording.
     `torn_tail_ok`: an unterminated last line that does not parse (a crash mid-append) ends the file."""
-    line = 0
     try:
         with open(path, encoding=encoding) as f:
             for line, raw in enumerate(f, start=1):
@@ -101,8 +100,8 @@ def iter_jsonl(path: str | os.PathLike, fail: Callable[[int | None, str], Except
                 except RecursionError:
                     raise fail(line, "malformed JSON: nested too deeply") from None
                 yield line, value
-    except UnicodeDecodeError as e:
-        raise fail(None, f"not UTF-8 text ({e.reason} after line {line})") from None
+    except UnicodeDecodeError as e:  # decoded in blocks, ahead of the lines read: no line number to give
+        raise fail(None, f"not UTF-8 text ({e.reason})") from None
 
 
 def read_jsonl_tail_safe(path: str | os.PathLike) -> list[dict]:
