@@ -18,7 +18,8 @@ import json
 import os
 
 import label_runs
-import train_arms
+from rft_ds.tools.tiny import write_random_masks
+
 from common import BENCH, data_slice, launch, median, models, say, sizes, work_dir
 
 
@@ -62,7 +63,7 @@ def train_exp(rounds: int) -> dict:
     w = work_dir() / "fix-train"
     w.mkdir(parents=True, exist_ok=True)
     data = data_slice(s["train_samples"])
-    masks = train_arms.write_random_masks(data, base, w / "masks.jsonl", s["max_seq_len"])
+    masks = write_random_masks(data, base, w / "masks.jsonl", max_seq_len=s["max_seq_len"])
     variants = {"stock": None, "threads": threads_env()}
     steps = {k: [] for k in variants}
     for r in range(rounds):

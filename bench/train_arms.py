@@ -16,36 +16,13 @@ machine's load cancels.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
+
+from rft_ds.tools.tiny import write_random_masks
 
 from common import (BENCH, data_slice, launch, median, models, peak_flops, profile_name, say, sizes, work_dir)
 
 ARMS = ("sft", "rft", "hf")
-
-
-def write_random_masks(data: Path, model_dir: Path, out: Path, max_seq_len: int, seed: int = 0,
-                       p_reasoning: float = 0.4) -> Path:
-    """A valid masks file for `data` (random labels): RFT's cost does not depend on the label values."""
-    from rft_ds.data.formats import read_conversations
-    from rft_ds.data.render import encode_dataset, tokenizer_fingerprint
-    from rft_ds.masks import make_record
-    from rft_ds.modeling import load_tokenizer
-
-    tok = load_tokenizer(str(model_dir))
-    fp = tokenizer_fingerprint(tok)
-    encs, _ = encode_dataset(read_conversations(str(data)), tok, max_seq_len)
-    rng = random.Random(seed)
-    with open(out, "w") as f:
-        for e in encs:
-            turns = []
-            for m in e.assistant_messages:
-                ids = e.turn_tokens(m)
-                lab = [int(rng.random() < p_reasoning) for _ in ids]
-                turns.append({"message": m, "token_ids": ids, "labels": lab,
-                              "loss_diff": [0.5 if x else -0.5 for x in lab]})
-            f.write(json.dumps(make_record(e.id, fp, turns)) + "\n")
-    return out
 
 
 def step_tokens(data: Path, model_dir: Path, s: dict) -> list[dict]:
@@ -91,7 +68,7 @@ def run(arms: list[str], rounds: int | None = None) -> dict:
     data = data_slice(s["train_samples"])
     masks = w / "masks.jsonl"
     if "rft" in arms or "sft" in arms:
-        write_random_masks(data, base, masks, s["max_seq_len"])
+        write_random_masks(data, base, masks, max_seq_len=s["max_seq_len"])
     common = ["--model", base, "--data", data, "--deepspeed", BENCH.parent / "ds_configs" / "zero3.json",
               "--micro-batch-size", s["micro_batch"], "--grad-accum", s["grad_accum"], "--max-steps",
               s["train_steps"], "--lr", "1e-4", "--seed", "42", "--max-seq-len", s["max_seq_len"]]

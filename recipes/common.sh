@@ -1,15 +1,28 @@
-# recipes/common.sh: what every recipe shares. Sourced by recipes/<model>/<pass>.sh AFTER their own
-# variables, right before their one `deepspeed` line. It
-#   1. stops at the first error and moves to the repository root (relative paths in the recipes
-#      are relative to it; the pdsh launcher runs `cd <this directory>` on every node, so the
-#      repository must sit at the same path on every node: a shared filesystem or identical copies);
-#   2. builds LAUNCH_ARGS (launcher flags) and STEPS (--epochs or --max-steps) from the variables;
+# recipes/common.sh: what every pass script shares. `source "$(dirname "$0")/common.sh" "$@"` at the
+# top of recipes/<pass>.sh. It
+#   1. stops at the first error, loads the model's variables from recipes/models/<name>.env (the
+#      first argument, or RECIPE_MODEL; a path to an .env file works too) and moves to the
+#      repository root (relative paths are relative to it; the pdsh launcher runs `cd <this
+#      directory>` on every node, so the repository must sit at the same path on every node);
+#   2. builds LAUNCH_ARGS (launcher flags), STEPS (--epochs or --max-steps) and CKPT (--grad-ckpt
+#      when GRAD_CKPT=1) from the variables;
 #   3. sets NCCL defaults and writes the environment that must reach every node (.deepspeed_env).
-# Every variable below can be set in the environment: `MASTER_PORT=29600 bash recipes/...`.
+# Every variable can be set in the environment, and wins over the model file and the pass script:
+# `MASTER_PORT=29600 bash recipes/3_rft.sh llama3-8b`.
 set -euo pipefail
 
 RFT_DS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _rft_ds_caller_dir="$PWD"
+
+# ---- the model's variables ------------------------------------------------------------------
+RECIPE_MODEL="${1:-${RECIPE_MODEL:-}}"
+[[ -n "$RECIPE_MODEL" ]] || { echo "usage: bash $0 MODEL  (MODEL: $(cd "$RFT_DS_ROOT/recipes/models" && \
+  ls *.env | sed 's/\.env$//' | paste -sd' '), or a path to an .env file; or set RECIPE_MODEL)" >&2; exit 2; }
+if [[ "$RECIPE_MODEL" == */* || "$RECIPE_MODEL" == *.env ]]; then _rft_ds_model_env="$RECIPE_MODEL"
+else _rft_ds_model_env="$RFT_DS_ROOT/recipes/models/$RECIPE_MODEL.env"; fi
+[[ -f "$_rft_ds_model_env" ]] || { echo "rft-ds recipe: model file $_rft_ds_model_env not found" \
+  "(recipes/models/ has: $(cd "$RFT_DS_ROOT/recipes/models" && ls *.env | paste -sd' '))" >&2; exit 2; }
+source "$_rft_ds_model_env"
 cd "$RFT_DS_ROOT"
 
 # ---- launcher -------------------------------------------------------------------------------
@@ -32,6 +45,7 @@ EXTRA=(${EXTRA[@]+"${EXTRA[@]}"})
 
 # Training length: MAX_STEPS wins when set, else EPOCHS.
 if [[ -n "${MAX_STEPS:-}" ]]; then STEPS=(--max-steps "$MAX_STEPS"); else STEPS=(--epochs "${EPOCHS:-1}"); fi
+CKPT=(); [[ "${GRAD_CKPT:-0}" == 1 ]] && CKPT=(--grad-ckpt)
 
 # The `deepspeed` of this checkout's venv when none is on PATH (`make install` makes .venv). The
 # launcher starts the ranks of every node with ITS OWN python (sys.executable, an absolute path):
@@ -81,4 +95,4 @@ done
 export DS_ENV_FILE="$_rft_ds_env_file"
 echo "rft-ds recipe: hosts from $HOSTFILE: $(grep -Ev '^\s*(#|$)' "$HOSTFILE" | awk '{printf "%s%s", sep, $0; sep=", "}');" \
      "forwarding to every node: ${_rft_ds_sent[*]:-nothing}" >&2
-unset _f _name _pat _val _rft_ds_words
+unset _f _name _pat _val _rft_ds_words _rft_ds_model_env

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from rft_ds.dist import free_port  # noqa: F401 (tests import it from here)
+from rft_ds.tools.tiny import write_random_masks  # noqa: F401 (tests import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(extra: dict | None = None) -> dict:
@@ -66,30 +62,6 @@ def metrics(run_dir: str | Path) -> list[dict]:
 
 def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
-
-
-def write_random_masks(data: str | Path, model_dir: str | Path, out: str | Path, seed: int = 0,
-                       max_seq_len: int = 4096, p_reasoning: float = 0.4) -> None:
-    """A valid masks file for `data` with random labels (for loss tests that need any labels)."""
-    import random
-
-    from rft_ds.data.formats import read_conversations
-    from rft_ds.data.render import encode_dataset, tokenizer_fingerprint
-    from rft_ds.masks import make_record
-    from rft_ds.modeling import load_tokenizer
-
-    tok = load_tokenizer(str(model_dir))
-    fp = tokenizer_fingerprint(tok)
-    encs, _ = encode_dataset(read_conversations(data), tok, max_seq_len)
-    rng = random.Random(seed)
-    with open(out, "w") as f:
-        for e in encs:
-            turns = []
-            for m in e.assistant_messages:
-                ids = e.turn_tokens(m)
-                labels = [int(rng.random() < p_reasoning) for _ in ids]
-                turns.append({"message": m, "token_ids": ids, "labels": labels, "loss_diff": [0.5 if x else -0.5 for x in labels]})
-            f.write(json.dumps(make_record(e.id, fp, turns)) + "\n")
 
 
 def head_lines(src: str | Path, dst: str | Path, n: int) -> Path:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from rft_ds.demo import catalog
 from rft_ds.demo import generate as gen
+from rft_ds.demo import needs_input as ni
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "data" / "demo"
@@ -284,7 +286,7 @@ def test_answer_templates_equal_the_answers():
             for k, v in text.items():
                 if k in tool.pools:
                     pool = tool.pools[k]
-                    assert (pool == gen.NUMBER and re.fullmatch(r"-?\d+(\.\d+)?", v)) or v in pool, (tool.name, k, v)
+                    assert (pool == catalog.NUMBER and re.fullmatch(r"-?\d+(\.\d+)?", v)) or v in pool, (tool.name, k, v)
         for key, _ in tool.params:
             assert key in tool.pools, (tool.name, key)
 
@@ -292,7 +294,7 @@ def test_answer_templates_equal_the_answers():
 def test_needs_input_by_hand():
     c = ('Thought: I need the weather in Paris on 2025-05-03.\nAction: get_weather\n'
          'Action Input: {"city": "Paris", "date": "2025-05-03"}')
-    got = gen.needs_input(c)
+    got = ni.needs_input(c)
     assert len(got) == len(c) + 1
     # "need" (call, not answer) is open; "the" / "to" / "flights" ...; "weather" vs a stock symbol;
     # Paris vs Prague after "P"; month and day digits. The tool name, the keys and the copied values
@@ -301,20 +303,20 @@ def test_needs_input_by_hand():
     assert _shown(c, got) == head + "_" * (len(c) - len(head))
     assert got[-1] == "0"  # nothing can follow the closing brace
     a = "Thought: I have the answer.\nFinal Answer: TSLA closed at 389.81 USD on 2025-09-21."
-    got = gen.needs_input(a)
+    got = ni.needs_input(a)
     # "T" and "S": a symbol or "Try ..."; the number's every character and the space after it (the
     # number could go on); the year is fixed. The end is open: a second sentence could follow.
     assert _shown(a, got) == "___________h______________________________TS_____________389.81 ____________09_21_"
     assert got[-1] == "1"
     two = "Thought: I have the answer.\nFinal Answer: Your email to Bob was sent (M-1234). Try Blue Olive in Rome, rated 4.5."
-    got = gen.needs_input(two)
+    got = ni.needs_input(two)
     assert got[-1] == "0" and got[two.index(". Try") + 1] == "1"  # the space opening a second sentence
 
 
 def test_needs_input_rejects_other_text():
     for bad in ("Thought: I need coffee.", "Hello", 'Thought: I need the weather in Paris on 2025-05-03.\nAction: get_stock_price'):
         with pytest.raises(ValueError, match="not a demo assistant message"):
-            gen.needs_input(bad)
+            ni.needs_input(bad)
 
 
 def test_needs_input_on_generated_messages(small_data):
@@ -325,7 +327,7 @@ def test_needs_input_on_generated_messages(small_data):
     n_call = n_answer = 0
     for s, i, m, r, _ in _assistant_items(train + heldout, roles):
         c = m["content"]
-        got = gen.needs_input(c)
+        got = ni.needs_input(c)
         assert len(got) == len(c) + 1 and set(got) <= {"0", "1"}
         decision = len("Thought: I ")
         assert got[decision] == "1" and got[:decision] == "0" * decision
@@ -358,17 +360,17 @@ def test_needs_input_on_generated_messages(small_data):
 def test_needs_input_kinds_split_values_from_template_choices(small_data):
     c = ('Thought: I need the weather in Paris on 2025-05-03.\nAction: get_weather\n'
          'Action Input: {"city": "Paris", "date": "2025-05-03"}')
-    k = gen.needs_input_kinds(c)
+    k = ni.needs_input_kinds(c)
     shown = "".join(ch if x == "0" else x for ch, x in zip(c, k))
     # template choices: call or answer ("n"), which phrase ("th" of "the"/"to"..., "w" of "weather"
     # vs a stock symbol); value choices: "Pa" (Paris, not Prague), the month and day digits
     assert shown.startswith("Thought: I teed tte teather in vvris on 2025-vv-vv.\nAction: get_weather")
     a = "Thought: I have the answer.\nFinal Answer: Try Blue Olive in Rome, rated 4.5."
-    k = gen.needs_input_kinds(a)
+    k = ni.needs_input_kinds(a)
     assert "".join(ch if x == "0" else x for ch, x in zip(a, k)) == \
         "Thought: I tave the answer.\nFinal Answer: tty vvue Olive in vome, rated vttt"
     assert k[-1] == "t"  # one sentence or two: a template choice
     train, heldout, roles = small_data
     for s, i, m, r, _ in _assistant_items(train[:100], roles):
-        kinds = gen.needs_input_kinds(m["content"])
-        assert kinds.replace("v", "1").replace("t", "1") == gen.needs_input(m["content"])
+        kinds = ni.needs_input_kinds(m["content"])
+        assert kinds.replace("v", "1").replace("t", "1") == ni.needs_input(m["content"])

@@ -33,7 +33,8 @@ def test_demo_shad_labels_agree_with_the_known_roles(tmp_path):
     assert "stopped after labeling" in r.stdout
 
     from rft_ds.data.formats import read_conversations
-    from rft_ds.demo.report import read_roles, shad_agreement
+    from rft_ds.demo.agreement import shad_agreement
+    from rft_ds.demo.truths import read_roles
     from rft_ds.masks import read_masks
     from rft_ds.modeling import load_tokenizer
 

@@ -64,7 +64,7 @@ def _check_run(run_dir: Path, steps: int, micro: int) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------- (a)
 def test_two_nodes_no_ssh(setup):
-    """Two launchers, `--no_ssh --node_rank 0/1`, one per "node", running recipes/tiny/3_rft.sh."""
+    """Two launchers, `--no_ssh --node_rank 0/1`, one per "node", running `recipes/3_rft.sh tiny`."""
     out = setup["dir"] / "no_ssh"
     port = str(free_port())
     procs, logs = [], []
@@ -74,7 +74,7 @@ def test_two_nodes_no_ssh(setup):
                        MASKS=str(setup["masks"]), MAX_STEPS="2", MICRO_BATCH="2")
         log = open(setup["dir"] / f"no_ssh-node{node}.log", "w+")
         logs.append(log)
-        procs.append(subprocess.Popen(["bash", str(ROOT / "recipes" / "tiny" / "3_rft.sh")], env=e, cwd=ROOT,
+        procs.append(subprocess.Popen(["bash", str(ROOT / "recipes" / "3_rft.sh"), "tiny"], env=e, cwd=ROOT,
                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
     try:
         rcs = [p.wait(timeout=600) for p in procs]
@@ -207,7 +207,7 @@ if os.environ.get("RANK") is not None and os.environ.get("RFT_DS_PROBE_DIR"):
 
 
 def test_two_nodes_pdsh_over_ssh(setup, sshd):
-    """DeepSpeed's pdsh launcher over real ssh: recipes/tiny/1_shad.sh on a 2-host hostfile."""
+    """DeepSpeed's pdsh launcher over real ssh: `recipes/1_shad.sh tiny` on a 2-host hostfile."""
     d = setup["dir"] / "pdsh"
     probe_dir, site, caller = d / "probe", d / "site", d / "caller"
     for p in (probe_dir, site, caller):
@@ -224,7 +224,7 @@ def test_two_nodes_pdsh_over_ssh(setup, sshd):
                    PYTHONPATH=str(site), RFT_DS_PROBE_DIR=str(probe_dir), RFT_DS_PROBE="arrived",
                    HF_HOME=str(hf_home))
     t0 = time.time()
-    r = subprocess.run(["bash", str(ROOT / "recipes" / "tiny" / "1_shad.sh")], env=e, cwd=caller,
+    r = subprocess.run(["bash", str(ROOT / "recipes" / "1_shad.sh"), "tiny"], env=e, cwd=caller,
                        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-6000:]

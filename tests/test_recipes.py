@@ -1,12 +1,14 @@
-"""The recipes: every script is a thin, valid shell script whose one `deepspeed` line parses as an
-rft-ds command; common.sh forwards the environment; the tiny recipes run end to end here
-(shad -> label -> rft, sft baseline) through the real launcher with hostfiles/localhost; and the
-CPU-offload DeepSpeed config runs a step."""
+"""The recipes: one thin, valid shell script per pass (recipes/<pass>.sh) whose one `deepspeed` line
+parses as an rft-ds command for every model file (recipes/models/<model>.env); common.sh loads the
+model and forwards the environment; the tiny recipes run end to end here (shad -> label -> rft, sft
+baseline) through the real launcher with hostfiles/localhost; and the CPU-offload DeepSpeed config
+runs a step."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -16,30 +18,41 @@ import pytest
 
 from launchutil import ROOT, env, free_port, head_lines, metrics, rel
 
-RECIPE_DIRS = ["tiny", "llama3-8b", "llama3-70b", "qwen2.5-72b"]
+MODELS = ["tiny", "llama3-8b", "llama3-70b", "qwen2.5-72b"]
 PASSES = ["1_shad.sh", "2_label.sh", "3_rft.sh", "sft_baseline.sh"]
-RECIPES = [f"{d}/{p}" for d in RECIPE_DIRS for p in PASSES]
+RECIPES = [(m, p) for m in MODELS for p in PASSES]
 COMMAND = {"1_shad.sh": "shad-train", "2_label.sh": "label", "3_rft.sh": "train", "sft_baseline.sh": "train"}
+SETTING = re.compile(r'^: "\$\{[A-Z_][A-Z0-9_]*:?=')
 
 
 def _deepspeed_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip().startswith("deepspeed ")]
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", PASSES)
 def test_recipe_is_thin_and_valid(recipe):
     path = ROOT / "recipes" / recipe
     text = path.read_text()
     subprocess.run(["bash", "-n", str(path)], check=True)
-    assert 'source "$(dirname "$0")/../common.sh"' in text
+    assert 'source "$(dirname "$0")/common.sh" "$@"' in text
     assert len(_deepspeed_lines(text)) == 1, "exactly one deepspeed line"
     assert 'deepspeed --hostfile "$HOSTFILE" "${LAUNCH_ARGS[@]}" --module rft_ds ' in text
-    # settings come before common.sh and are all overridable from the environment
-    head = text.split("source ", 1)[0]
-    settings = [ln for ln in head.splitlines() if ln and not ln.startswith("#")]
-    assert settings and all(ln.startswith(': "${') for ln in settings), settings
+    # the pass's own settings come after common.sh (the model file wins) and are all overridable
+    body = text.split("common.sh", 1)[1].split("\ndeepspeed ", 1)[0].splitlines()[1:]
+    settings = [ln for ln in body if ln and not ln.startswith("#")]
+    assert all(SETTING.match(ln) or ln.startswith("[[ ") for ln in settings), settings
+    assert not any(re.match(r"^\s*[A-Za-z_]\w*=", ln) for ln in text.splitlines()), "plain assignments"
     assert os.access(path, os.X_OK)
     assert len(text.splitlines()) <= 45, "a recipe reads in one screen"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_file_is_only_overridable_variables(model):
+    """A model is its variables: every line of recipes/models/<model>.env is a comment or a
+    `: "${NAME:=value}"` default that the environment overrides."""
+    lines = (ROOT / "recipes" / "models" / f"{model}.env").read_text().splitlines()
+    settings = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert settings and all(SETTING.match(ln) for ln in settings), settings
 
 
 def _fake_deepspeed(tmp_path: Path) -> tuple[Path, Path]:
@@ -58,8 +71,13 @@ def _fake_deepspeed(tmp_path: Path) -> tuple[Path, Path]:
     return bindir, log
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_command_parses(recipe, tmp_path):
+def _run_pass(recipe: str, model: str, e: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "recipes" / recipe), model], env=e, cwd=cwd, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("model,recipe", RECIPES)
+def test_recipe_command_parses(model, recipe, tmp_path):
     """Run the recipe with a recording `deepspeed`: the launcher flags are right and the rft-ds
     command after `--module rft_ds` parses (train commands also pass TrainConfig.check)."""
     from rft_ds.cli import build_parser
@@ -72,8 +90,7 @@ def test_recipe_command_parses(recipe, tmp_path):
     (tmp_path / "model" / "config.json").write_text("{}")  # the tiny 1_shad.sh builds a missing model
     for k in ("HOSTFILE", "LAUNCH_EXTRA", "MASTER_ADDR", "EXTRA_ARGS", "MAX_STEPS", "EPOCHS", "DS_CONFIG"):
         e.pop(k, None)
-    r = subprocess.run(["bash", str(ROOT / "recipes" / recipe)], env=e, cwd=tmp_path, capture_output=True,
-                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    r = _run_pass(recipe, model, e, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     calls = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(calls) == 1
@@ -83,23 +100,23 @@ def test_recipe_command_parses(recipe, tmp_path):
     i = argv.index("--module")
     assert argv[i + 1] == "rft_ds"
     args = build_parser().parse_args(argv[i + 2:])
-    assert args.command == COMMAND[Path(recipe).name]
+    assert args.command == COMMAND[recipe]
     if args.command in ("train", "shad-train"):
         cfg = config_from_args(args)
         cfg.check()
         assert Path(ROOT, cfg.deepspeed).is_file()
-        if not recipe.startswith("tiny/"):
+        if model != "tiny":
             assert cfg.grad_ckpt and cfg.precision == "bf16" and cfg.epochs
-        if Path(recipe).name == "3_rft.sh":
+        if recipe == "3_rft.sh":
             assert cfg.loss == "rft" and cfg.masks.endswith("masks.jsonl")
-        if Path(recipe).name == "sft_baseline.sh":
+        if recipe == "sft_baseline.sh":
             assert cfg.loss == "sft" and cfg.masks.endswith("masks.jsonl")
     else:
         assert args.shad.endswith("shad/final") and args.output.endswith("masks.jsonl")
+        assert Path(ROOT, args.deepspeed).is_file()
     # variables from the environment win over the recipe's defaults
     e2 = dict(e, EXTRA_ARGS="--seed 5", MAX_STEPS="7", LAUNCH_EXTRA="--include localhost:0")
-    subprocess.run(["bash", str(ROOT / "recipes" / recipe)], env=e2, cwd=tmp_path, check=True,
-                   capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert _run_pass(recipe, model, e2, tmp_path).returncode == 0
     argv = json.loads(log.read_text().splitlines()[1])["argv"]
     assert argv[argv.index("--include") + 1] == "localhost:0"
     assert argv[-2:] == ["--seed", "5"]
@@ -116,7 +133,7 @@ def test_common_sh_writes_the_node_environment(tmp_path):
     (home / ".deepspeed_env").write_text("FROM_HOME=1\n\n# a comment\nSHARED=home\n")
     (caller / ".deepspeed_env").write_text("FROM_CWD=2\nSHARED=cwd\n")
     script = (f"HOSTFILE={shlex.quote(str(ROOT / 'hostfiles' / 'localhost'))}; "
-              f"source {shlex.quote(str(ROOT / 'recipes' / 'common.sh'))}; cat \"$DS_ENV_FILE\"; "
+              f"source {shlex.quote(str(ROOT / 'recipes' / 'common.sh'))} llama3-8b; cat \"$DS_ENV_FILE\"; "
               'echo "FILE=$DS_ENV_FILE"; echo "PWD=$PWD"; echo "LAUNCH=${LAUNCH_ARGS[*]}"; echo "STEPS=${STEPS[*]}"')
     e = {"PATH": env()["PATH"], "HOME": str(home), "TMPDIR": str(tmp_path), "HF_HOME": "/data/hf",
          "HF_DATASETS_CACHE": "/data/ds", "TRANSFORMERS_VERBOSITY": "info", "WANDB_PROJECT": "rft",
@@ -138,6 +155,35 @@ def test_common_sh_writes_the_node_environment(tmp_path):
     assert out["LAUNCH"] == "--master_port 29999 --master_addr 10.0.0.1 --exclude node-02"
     assert out["STEPS"] == "--epochs 2"
     assert not Path(out["FILE"]).exists(), "the env file is removed when the recipe exits"
+
+
+def test_a_new_model_is_one_env_file(tmp_path):
+    """Adding a model is writing one .env file: a pass takes its path (or RECIPE_MODEL names it), its
+    variables reach the rft-ds command, and a missing or unknown model is a clear error, exit 2."""
+    from rft_ds.cli import build_parser
+
+    bindir, log = _fake_deepspeed(tmp_path)
+    e = env({"PATH": f"{bindir}{os.pathsep}{env()['PATH']}", "FAKE_DS_LOG": str(log)})
+    for k in ("HOSTFILE", "LAUNCH_EXTRA", "MASTER_ADDR", "EXTRA_ARGS", "MAX_STEPS", "EPOCHS", "DS_CONFIG", "MODEL",
+              "OUT", "RECIPE_MODEL"):
+        e.pop(k, None)
+    mine = tmp_path / "mistral-7b.env"
+    mine.write_text((ROOT / "recipes" / "models" / "llama3-8b.env").read_text()
+                    .replace("/shared/models/Meta-Llama-3-8B-Instruct", "/shared/models/Mistral-7B")
+                    .replace("outputs/llama3-8b", "outputs/mistral-7b").replace('LR:=2e-5', 'LR:=3e-5'))
+    assert _run_pass("3_rft.sh", str(mine), e, tmp_path).returncode == 0
+    assert subprocess.run(["bash", str(ROOT / "recipes" / "2_label.sh")], env=dict(e, RECIPE_MODEL=str(mine)),
+                          cwd=tmp_path, capture_output=True, timeout=60, stdin=subprocess.DEVNULL).returncode == 0
+    rft, lab = (build_parser().parse_args(c["argv"][c["argv"].index("rft_ds") + 1:])
+                for c in map(json.loads, log.read_text().splitlines()))
+    assert rft.model == lab.base == "/shared/models/Mistral-7B" and rft.lr == 3e-5
+    assert rft.output == "outputs/mistral-7b/rft" and lab.output == "outputs/mistral-7b/masks.jsonl"
+    r = subprocess.run(["bash", str(ROOT / "recipes" / "3_rft.sh")], env=e, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "usage: bash" in r.stderr and "llama3-8b" in r.stderr
+    r = _run_pass("1_shad.sh", "llama4-800b", e, tmp_path)
+    assert r.returncode == 2 and "recipes/models/llama4-800b.env not found" in r.stderr
+    assert len(log.read_text().splitlines()) == 2, "no launch after an error"
 
 
 def test_slurm_hostfile_helper(tmp_path):
@@ -170,12 +216,12 @@ def run_recipe(name: str, extra: dict, timeout: int = 900) -> float:
     for k in ("HOSTFILE", "LAUNCH_EXTRA", "MASTER_ADDR", "EXTRA_ARGS", "DS_CONFIG"):
         if k not in extra:
             e.pop(k, None)
-    r = subprocess.run(["bash", str(ROOT / "recipes" / "tiny" / name)], env=e, cwd=ROOT, capture_output=True,
+    r = subprocess.run(["bash", str(ROOT / "recipes" / name), "tiny"], env=e, cwd=ROOT, capture_output=True,
                        text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
-        raise AssertionError(f"recipes/tiny/{name} failed (rc {r.returncode}):\n{(r.stdout + r.stderr)[-6000:]}")
+        raise AssertionError(f"recipes/{name} tiny failed (rc {r.returncode}):\n{(r.stdout + r.stderr)[-6000:]}")
     dt = time.time() - t0
-    print(f"recipes/tiny/{name}: {dt:.1f}s")
+    print(f"recipes/{name} tiny: {dt:.1f}s")
     return dt
 
 

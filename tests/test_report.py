@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from rft_ds.cli import main
+from rft_ds.demo import agreement, markdown, stats, truths
+from rft_ds.demo.heldout import HELDOUT_METRICS, teacher_forced
 from rft_ds.demo import report as rp
 from rft_ds.errors import MasksError
 from rft_ds.masks import make_record, meta_path
@@ -174,7 +176,7 @@ def test_heldout_section(fake_demo):
                 assert 0.0 <= m[k] <= 1.0, (r, s, k)
             assert m["tf_ce_reasoning"] > 0 and m["samples_with_call"] == n_calls
     # SFT and RFT are copies of the same model here: every difference is exactly zero
-    for key, _, _ in rp.HELDOUT_METRICS:
+    for key, _, _ in HELDOUT_METRICS:
         d = ho["summary"][key]["rft_minus_sft"]
         assert d["mean"] == 0 and d["std"] == 0 and d["n"] == 2, key
         assert ho["summary"][key]["sft"]["mean"] == pytest.approx(ho["runs"]["sft"]["0"][key])
@@ -196,7 +198,7 @@ def test_markdown_tables_and_links(fake_demo):
 
 def test_report_elsewhere_links_relative(fake_demo, tmp_path):
     rep = json.loads((fake_demo["demo"] / "report.json").read_text())
-    md = rp.render_markdown(rep, tmp_path / "sub")
+    md = markdown.render_markdown(rep, tmp_path / "sub")
     import os
 
     rel = os.path.relpath(fake_demo["demo"] / "curves.png", tmp_path / "sub")
@@ -210,7 +212,7 @@ def test_hand_checked_token_roles(fake_demo):
     convs = read_conversations(fake_demo["data"] / "train.jsonl")
     conv, m = next((c, i) for c in convs for i, x in enumerate(c.messages)
                    if x["role"] == "assistant" and '"city": "' in x["content"])
-    enc, offsets, classes = rp.token_truth(conv, tok, roles[conv.id])
+    enc, offsets, classes = truths.token_truth(conv, tok, roles[conv.id])
     content = conv.messages[m]["content"]
     start = len(tok.apply_chat_template(conv.messages[:m], tokenize=False, add_generation_prompt=True))
     city_at = start + content.index('"city": "') + len('"city": "')
@@ -233,7 +235,7 @@ def test_token_truth_matches_independent_truth(fake_demo):
 
     tok, roles = fake_demo["tok"], fake_demo["roles"]
     for conv in read_conversations(fake_demo["data"] / "train.jsonl"):
-        enc, _, classes = rp.token_truth(conv, tok, roles[conv.id])
+        enc, _, classes = truths.token_truth(conv, tok, roles[conv.id])
         ref = independent_truth(tok, {"messages": conv.messages}, roles[conv.id])
         for m, toks in ref.items():
             got = [(enc.input_ids[t], classes[t]) for t, mi in enumerate(enc.msg_index) if mi == m]
@@ -241,19 +243,19 @@ def test_token_truth_matches_independent_truth(fake_demo):
 
 
 def test_role_of_span_and_metrics():
-    assert rp.role_of_span("0011", 0, 4) == 1   # tie -> reasoning
-    assert rp.role_of_span("0001", 0, 4) == 0
-    assert rp.role_of_span("0111", 1, 3) == 1
-    assert rp.role_of_span("0111", 4, 4) == 0   # no content character (end-of-turn marker)
-    m = rp.agreement_metrics([1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [2.0, 1.0, None, -1.0, -3.0])
+    assert truths.role_of_span("0011", 0, 4) == 1   # tie -> reasoning
+    assert truths.role_of_span("0001", 0, 4) == 0
+    assert truths.role_of_span("0111", 1, 3) == 1
+    assert truths.role_of_span("0111", 4, 4) == 0   # no content character (end-of-turn marker)
+    m = agreement.agreement_metrics([1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [2.0, 1.0, None, -1.0, -3.0])
     assert m["confusion"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 1}
     assert m["token_accuracy"] == pytest.approx(3 / 5)
     assert m["reasoning_precision"] == pytest.approx(2 / 3) and m["reasoning_recall"] == pytest.approx(2 / 3)
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert m["mean_ld_true_reasoning"] == pytest.approx(1.5) and m["mean_ld_true_boilerplate"] == pytest.approx(-2.0)
-    s = rp.spread([1.0, 3.0, None])
+    s = stats.spread([1.0, 3.0, None])
     assert s == {"mean": 2.0, "std": pytest.approx(2 ** 0.5), "min": 1.0, "max": 3.0, "n": 2}
-    assert rp.spread([0.5])["std"] is None and rp.spread([None])["mean"] is None
+    assert stats.spread([0.5])["std"] is None and stats.spread([None])["mean"] is None
 
 
 def test_teacher_forced_matches_plain_forward(fake_demo, tiny_dir):
@@ -266,11 +268,11 @@ def test_teacher_forced_matches_plain_forward(fake_demo, tiny_dir):
     tok, roles = fake_demo["tok"], fake_demo["roles"]
     encs = []
     for c in read_conversations(fake_demo["data"] / "heldout.jsonl")[:4]:
-        enc, _, classes = rp.token_truth(c, tok, roles[c.id])
+        enc, _, classes = truths.token_truth(c, tok, roles[c.id])
         enc.classes = classes
         encs.append(enc)
-    one = rp.teacher_forced(str(tiny_dir), encs, tok.pad_token_id, 1, torch.device("cpu"))
-    batched = rp.teacher_forced(str(tiny_dir), encs, tok.pad_token_id, 3, torch.device("cpu"), chunk=7)
+    one = teacher_forced(str(tiny_dir), encs, tok.pad_token_id, 1, torch.device("cpu"))
+    batched = teacher_forced(str(tiny_dir), encs, tok.pad_token_id, 3, torch.device("cpu"), chunk=7)
     for k, v in one.items():
         assert batched[k] == pytest.approx(v, rel=1e-5), k
     model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).eval()
@@ -298,12 +300,12 @@ def test_masks_token_mismatch_is_an_error(fake_demo):
     bad = json.loads(json.dumps(masks))
     bad[sid]["turns"][0]["token_ids"][3] += 1
     with pytest.raises(MasksError, match=rf"{sid}.*message 2.*token 3"):
-        rp.shad_agreement(bad, convs, fake_demo["roles"], fake_demo["tok"])
+        agreement.shad_agreement(bad, convs, fake_demo["roles"], fake_demo["tok"])
     longer = json.loads(json.dumps(masks))
     t = longer[sid]["turns"][0]
     t["token_ids"].append(t["token_ids"][-1]), t["labels"].append(0), t["loss_diff"].append(0.0)
     with pytest.raises(MasksError, match="differ from re-tokenizing"):
-        rp.shad_agreement(longer, convs, fake_demo["roles"], fake_demo["tok"])
+        agreement.shad_agreement(longer, convs, fake_demo["roles"], fake_demo["tok"])
 
 
 def test_missing_run_dir_is_a_clear_error(fake_demo, tmp_path, capsys):
@@ -315,7 +317,7 @@ def test_missing_run_dir_is_a_clear_error(fake_demo, tmp_path, capsys):
 
 
 def test_prefix_aware_truth_by_hand():
-    from rft_ds.demo.report import prefix_aware
+    from rft_ds.demo.truths import prefix_aware
 
     c = 'Thought: I need the TSLA price on 2025-09-21.\nAction: get_stock_price\nAction Input: {"symbol": "TSLA", "date": "2025-09-21"}'
     r = ("0" * 16 + "1" * 28 + "0" * 10 + "1" * 15 + "0" * 27 + "1" * 4 + "0" * 12 + "1" * 10 + "0" * 2)
@@ -346,12 +348,12 @@ def test_roc_auc_equals_the_pairwise_count():
                   for _ in range(n)]
         truth = [rng.randint(0, 1) for _ in range(n)]
         if len(set(truth)) < 2:
-            assert rp.roc_auc(scores, truth) is None
+            assert stats.roc_auc(scores, truth) is None
             continue
-        assert rp.roc_auc(scores, truth) == pytest.approx(_auc_brute(scores, truth), abs=1e-12)
-    assert rp.roc_auc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
-    assert rp.roc_auc([1, 2, 3, 4], [1, 1, 0, 0]) == 0.0
-    assert rp.roc_auc([5, 5, 5, 5], [1, 0, 1, 0]) == 0.5
+        assert stats.roc_auc(scores, truth) == pytest.approx(_auc_brute(scores, truth), abs=1e-12)
+    assert stats.roc_auc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
+    assert stats.roc_auc([1, 2, 3, 4], [1, 1, 0, 0]) == 0.0
+    assert stats.roc_auc([5, 5, 5, 5], [1, 0, 1, 0]) == 0.5
 
 
 def test_fake_demo_auc_and_three_truths(fake_demo):
@@ -366,22 +368,22 @@ def test_fake_demo_auc_and_three_truths(fake_demo):
     md = (fake_demo["demo"] / "report.md").read_text()
     assert "| metric | semantic truth | prefix-aware truth | needs-input truth |" in md
     assert f"| LD ROC AUC | {ag['ld_roc_auc']:.3f} |" in md
-    assert "needs-input" in md and "generate.py:needs_input" in md
+    assert "needs-input" in md and "needs_input.py:needs_input" in md
 
 
 def test_needs_input_token_rule(fake_demo):
     """Under the needs-input truth a token is reasoning if any character is; the end-of-turn token
     takes the end-of-message character."""
-    assert rp.role_of_span("0010", 0, 4, "any") == 1 and rp.role_of_span("0010", 0, 4) == 0
-    assert rp.role_of_span("0000", 4, 4, "any", end=1) == 1 and rp.role_of_span("0000", 4, 4) == 0
+    assert truths.role_of_span("0010", 0, 4, "any") == 1 and truths.role_of_span("0010", 0, 4) == 0
+    assert truths.role_of_span("0000", 4, 4, "any", end=1) == 1 and truths.role_of_span("0000", 4, 4) == 0
     from rft_ds.data.formats import read_conversations
-    from rft_ds.demo.generate import needs_input
+    from rft_ds.demo.needs_input import needs_input
 
     tok, roles = fake_demo["tok"], fake_demo["roles"]
     conv = read_conversations(fake_demo["data"] / "train.jsonl")[0]
-    derived = rp.needs_input_roles(conv, roles[conv.id])
+    derived = truths.needs_input_roles(conv, roles[conv.id])
     assert set(derived) == set(roles[conv.id])
-    enc, offsets, classes = rp.token_truth(conv, tok, derived, rule="any")
+    enc, offsets, classes = truths.token_truth(conv, tok, derived, rule="any")
     for m, r in derived.items():
         m = int(m)
         content = conv.messages[m]["content"]
@@ -404,7 +406,7 @@ def test_model_description_reads_the_fetch_record(tmp_path):
     assert d["name"] == "smollm2-135m" and d["architecture"]["num_hidden_layers"] == 30
     rep = {"command": "x", "demo_dir": "d", "data_dir": "e", "model": d, "settings": {"SHAD_STEPS": "40"},
            "phase_timings_s": [["shad", 100.0], ["label", 50.0]]}
-    md = rp.report_header(rep)
+    md = markdown.report_header(rep)
     assert "smollm2-135m" in md and "30 layers" in md and "134,515,008 parameters" in md
     assert "Q4_1 GGUF dequantized to fp32" in md and "| `SHAD_STEPS` | `40` |" in md
     assert "| total (phases so far) | 150 |" in md
@@ -416,7 +418,7 @@ def test_needs_input_breakdown(fake_demo):
 
     masks = read_masks(fake_demo["demo"] / "masks.jsonl")
     convs = read_conversations(fake_demo["data"] / "train.jsonl")
-    bd = rp.needs_input_breakdown(masks, convs, fake_demo["tok"])
+    bd = agreement.needs_input_breakdown(masks, convs, fake_demo["tok"])
     ni = fake_demo["report"]["shad_agreement"]["needs_input"]
     c = ni["confusion"]
     assert bd["value"]["tokens"] + bd["template_choice"]["tokens"] == c["tp"] + c["fn"]

@@ -10,7 +10,8 @@ For every setting (SHAD steps, learning rate, shuffle fraction, full weights or 
   2. `rft-ds label` of a fixed subset (the first --samples samples of --data, the same for every
      setting), timed;
   3. the labels against the three truths of the demo's roles (semantic, prefix-aware, needs-input;
-     see rft_ds/demo/report.py): token accuracy, precision, recall, balanced accuracy, LD ROC AUC.
+     see rft_ds/demo/truths.py and agreement.py): token accuracy, precision, recall, balanced
+     accuracy, LD ROC AUC.
 Each setting writes OUT/<name>/result.json and is skipped when that exists, so an interrupted sweep
 continues where it stopped. The SHAD model's weights are deleted after labeling unless --keep-models
 (the masks stay). Every launch is the same command line `make demo` uses (1 plain process, or
@@ -107,20 +108,16 @@ def subset(data: str, n: int, out: Path) -> Path:
 def agreement_all(masks_path: str, data_path: str, roles_path: str, tokenizer_dir: str) -> dict:
     """{truth: agreement metrics} of a masks file against the three truths."""
     from rft_ds.data.formats import read_conversations
-    from rft_ds.demo import report as rp
+    from rft_ds.demo.agreement import three_truths
+    from rft_ds.demo.truths import read_roles
     from rft_ds.masks import read_masks
     from rft_ds.modeling import load_tokenizer
 
     masks = read_masks(masks_path)
     convs = read_conversations(data_path)
-    roles = rp.read_roles(roles_path)
+    roles = read_roles(roles_path)
     tok = load_tokenizer(tokenizer_dir)
-    return {
-        "semantic": rp.shad_agreement(masks, convs, roles, tok),
-        "prefix_aware": rp.shad_agreement(masks, convs, roles, tok, derive=rp.prefix_aware_roles),
-        "needs_input": rp.shad_agreement(masks, convs, roles, tok, derive=rp.needs_input_roles, rule="any"),
-        "needs_input_breakdown": rp.needs_input_breakdown(masks, convs, tok),
-    }
+    return three_truths(masks, convs, roles, tok)
 
 
 def run_setting(s: Setting, a: argparse.Namespace, label_data: Path) -> dict:

@@ -1,5 +1,6 @@
 """`rft-ds tiny-model`: a tokenizer trained on the data and a small random-init Llama, saved in
-Hugging Face format. Tests and the demo use it; nothing is downloaded.
+Hugging Face format. Tests and the demo use it; nothing is downloaded. `write_random_masks` gives
+tests and benchmarks a valid masks file with random labels.
 
 The tokenizer is a SentencePiece-style BPE (`tokenizers.SentencePieceBPETokenizer`: Metaspace
 pre-tokenizer, BPE merges) trained on every message of the data, wrapped in
@@ -88,3 +89,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: build_tiny_model(a.data, a.output, a.vocab_size, a.hidden_size, a.layers,
                                                    a.heads, a.intermediate_size, a.max_positions, a.seed))
+
+
+def write_random_masks(data, model_dir, out, seed: int = 0, max_seq_len: int = 4096, p_reasoning: float = 0.4):
+    """A valid masks file for `data` with random labels (for loss tests and benchmarks that need any
+    labels: RFT's cost does not depend on the label values). Returns `out` as a Path."""
+    import json
+    import random
+    from pathlib import Path
+
+    from rft_ds.data.formats import read_conversations
+    from rft_ds.data.render import encode_dataset, tokenizer_fingerprint
+    from rft_ds.masks import make_record
+    from rft_ds.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(model_dir))
+    fp = tokenizer_fingerprint(tok)
+    encs, _ = encode_dataset(read_conversations(str(data)), tok, max_seq_len)
+    rng = random.Random(seed)
+    with open(out, "w") as f:
+        for e in encs:
+            turns = []
+            for m in e.assistant_messages:
+                ids = e.turn_tokens(m)
+                labels = [int(rng.random() < p_reasoning) for _ in ids]
+                turns.append({"message": m, "token_ids": ids, "labels": labels,
+                              "loss_diff": [0.5 if x else -0.5 for x in labels]})
+            f.write(json.dumps(make_record(e.id, fp, turns)) + "\n")
+    return Path(out)
