@@ -21,6 +21,7 @@ from rft_ds.errors import RftDsError
 COMMAND_MODULES = [
     "rft_ds.tools.tiny",        # tiny-model
     "rft_ds.tools.fetch_model", # fetch-model
+    "rft_ds.tools.preprocess",  # preprocess
     "rft_ds.train.cli",         # train, shad-train
     "rft_ds.label.cli",         # label
     "rft_ds.tools.view",        # view

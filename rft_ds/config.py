@@ -19,6 +19,9 @@ DEFAULT_LOGITS_CHUNK = 1024  # loss positions per lm_head call; = estimate-memor
 DEFAULT_TIMEOUT_MIN = 120.0  # process-group timeout: long enough for rank 0 to write a 140 GB save
 DEFAULT_LOG_EVERY_S = 30.0
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+LOSSES = ("sft", "rft", "weighted", "dft")  # docs/losses.md
+CLASS_LOSSES = ("rft", "weighted")          # the losses that weight the SHAD classes: they need --masks
+DEFAULT_W_REASONING = 0.5  # --loss weighted: equal class weights, RFT's tau -> infinity limit
 
 
 def default_of(cls, name: str):
@@ -45,7 +48,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"         # cosine | linear | constant
     grad_clip: float | None = None       # None: the JSON's gradient_clipping, else 1.0
     seed: int = 42
-    loss: str = "sft"                    # sft | rft
+    loss: str = "sft"                    # sft | rft | weighted | dft (LOSSES)
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     on_overflow: str = "truncate"        # truncate | error
     save_steps: int = 0                  # 0: only the final save
@@ -58,6 +61,10 @@ class TrainConfig:
     grad_ckpt: bool = False
     attn_implementation: str = "sdpa"
     dist_timeout_min: float = DEFAULT_TIMEOUT_MIN
+    # the tokenized-data cache (rft_ds/data/cache.py)
+    cache_dir: str | None = None         # None: $RFT_DS_CACHE_DIR or ~/.cache/rft-ds/tokenized
+    num_proc: int = 0                    # processes that tokenize a missing cache; 0: cores, at most 16
+    no_cache: bool = False               # tokenize in memory on every rank
     # observability
     report_to: str = "none"              # none | tensorboard | wandb | csv (DeepSpeed's monitor)
     log_every_s: float = DEFAULT_LOG_EVERY_S  # plain progress line every N s when stderr is not a terminal
@@ -68,6 +75,7 @@ class TrainConfig:
     rft_granularity: str = "sample"      # sample | batch
     detach_weights: bool = True
     missing_masks: str = "error"         # error | sft
+    w_reasoning: float = DEFAULT_W_REASONING  # --loss weighted: w_r = A, w_b = 1 - A
     # SHAD tuning
     shuffle_fraction: float | None = None
     shuffle_seed: int = 0
@@ -90,11 +98,15 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.loss == "rft" and not self.masks:
-            raise ConfigError("--loss rft needs --masks (from `rft-ds label`)")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if self.loss in CLASS_LOSSES and not self.masks:
+            raise ConfigError(f"--loss {self.loss} needs --masks (from `rft-ds label`)")
         if self.tau <= 0:
             raise ConfigError("--tau must be > 0")
-        if self.loss == "rft" and self.rft_granularity == "batch" and self.missing_masks == "sft":
+        if not 0.0 <= self.w_reasoning <= 1.0:
+            raise ConfigError("--w-reasoning must be in [0, 1]")
+        if self.loss in CLASS_LOSSES and self.rft_granularity == "batch" and self.missing_masks == "sft":
             raise ConfigError("--missing-masks sft is supported with --rft-granularity sample only")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other")
@@ -107,9 +119,9 @@ class TrainConfig:
 
 @dataclass
 class LabelConfig:
-    """`rft-ds label`: the SHAD labeling pass."""
+    """`rft-ds label`: the SHAD labeling pass, or (--method regex) labels from a boilerplate regex."""
     base: str
-    shad: str
+    shad: str | None                     # required with --method shad; unused by --method regex
     data: str
     output: str
     batch_size: int = 8                  # samples per forward pass per rank
@@ -124,11 +136,30 @@ class LabelConfig:
     overwrite: bool = False
     dist_timeout_min: float = DEFAULT_TIMEOUT_MIN
     log_every_s: float = DEFAULT_LOG_EVERY_S
+    cache_dir: str | None = None         # the tokenized-data cache, as TrainConfig's
+    num_proc: int = 0
+    no_cache: bool = False
+    method: str = "shad"                 # shad | regex (rft_ds/label/regex.py: the paper's Regex baseline)
+    boilerplate_regex: str | None = None  # --method regex; None: rft_ds.label.regex.DEFAULT_PATTERN
 
     def check(self) -> None:
         for name in ("batch_size", "rounds_per_chunk", "max_seq_len", "logits_chunk"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.method not in ("shad", "regex"):
+            raise ConfigError(f"--method must be shad or regex, got {self.method!r}")
+        if self.method == "shad" and not self.shad:
+            raise ConfigError("--method shad (the default) needs --shad, the shuffle-tuned model")
+        if self.boilerplate_regex is not None:
+            import re
+
+            if self.method != "regex":
+                raise ConfigError("--boilerplate-regex is used only with --method regex")
+            try:
+                re.compile(self.boilerplate_regex)
+            except re.error as e:
+                raise ConfigError(f"--boilerplate-regex {self.boilerplate_regex!r} is not a valid Python "
+                                  f"regular expression: {e}") from None
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -119,6 +119,17 @@ def read_jsonl_tail_safe(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def file_digest(path: str | os.PathLike, chars: int = 16) -> str:
+    """The first `chars` hex digits of the file's sha256 (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:chars]
+
+
 def command_line() -> str:
     """The command as the user typed it (`rft-ds ...`), without the launcher's --local_rank."""
     import sys

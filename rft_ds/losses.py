@@ -1,4 +1,5 @@
-"""Pure loss functions on tensors: token cross-entropy, SFT and RFT. No process group needed.
+"""Pure loss functions on tensors: token cross-entropy, SFT, RFT, fixed weights, DFT. No process group
+needed. The four losses, their sources and flags: docs/losses.md.
 
 Normalisation (why the global batch comes out exact):
   A global batch is every micro-batch of every data-parallel rank in one optimizer step.
@@ -18,6 +19,16 @@ Normalisation (why the global batch comes out exact):
                   S = s_local + stopgrad(S_global - s_local): same value on every rank, and summing the
                   ranks' gradients gives exactly d loss_m / d theta, also through w when weights are
                   not detached. Backward uses W * loss_m.
+    Weighted:     RFT (sample or batch, D as there) with the constants (w_b, w_r) = (1 - A, A) of
+                  --w-reasoning A in place of softmax([L_b, L_r]/tau). The rest is RFT's: a sample (batch:
+                  a micro-step) without tokens of one class uses the other alone with weight 1, and
+                  unlabeled tokens never count. In batch mode, when every micro-step holds both classes,
+                  the step's loss is sum_m (1 - A) S_b^m / N_b + A S_r^m / N_r = (1 - A) L_b + A L_r over
+                  the whole step, whatever the split into micro-steps (softmax weights, by contrast,
+                  depend on each micro-step's means).
+    DFT:          part = sum over the rank's loss tokens of  p_t CE_t  with p_t = exp(-CE_t) detached (the
+                  model's probability of the target), D = loss tokens in the global batch (as SFT).
+                  Since p grad(CE) = -grad(p), the gradient is that of -(sum_t p_t) / D.
 """
 
 from __future__ import annotations
@@ -85,27 +96,37 @@ def class_sums(ce: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 
 def rft_combine(L_b: torch.Tensor, L_r: torch.Tensor, n_b: torch.Tensor, n_r: torch.Tensor, tau: float,
-                detach: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L = w_b L_b + w_r L_r with (w_b, w_r) = softmax([L_b, L_r] / tau), elementwise.
+                detach: bool = True, fixed_w_r: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L = w_b L_b + w_r L_r with (w_b, w_r) = softmax([L_b, L_r] / tau), elementwise, or the
+    constants (1 - fixed_w_r, fixed_w_r) when `fixed_w_r` is given (`tau` and `detach` then unused).
 
     A class with no tokens (n == 0) drops out and the other gets weight 1; with no tokens at all the
     loss is 0 (still connected to the graph). Returns (loss, w_b, w_r)."""
     has_b, has_r = n_b > 0, n_r > 0
     lb = torch.where(has_b, L_b, torch.zeros_like(L_b))
     lr = torch.where(has_r, L_r, torch.zeros_like(L_r))
-    z = torch.stack([lb, lr], dim=-1) / tau
-    z = z.masked_fill(~torch.stack([has_b, has_r], dim=-1), float("-inf"))
-    z = torch.where(torch.isinf(z).all(dim=-1, keepdim=True), torch.zeros_like(z), z)  # no tokens at all
-    w = torch.softmax(z, dim=-1) * (has_b | has_r).unsqueeze(-1)
-    if detach:
-        w = w.detach()
+    has = torch.stack([has_b, has_r], dim=-1)
+    if fixed_w_r is None:
+        z = torch.stack([lb, lr], dim=-1) / tau
+        z = z.masked_fill(~has, float("-inf"))
+        z = torch.where(torch.isinf(z).all(dim=-1, keepdim=True), torch.zeros_like(z), z)  # no tokens at all
+        w = torch.softmax(z, dim=-1) * (has_b | has_r).unsqueeze(-1)
+        if detach:
+            w = w.detach()
+    else:
+        one = torch.ones_like(lb.detach())
+        w = torch.stack([torch.where(has_r, one * (1.0 - fixed_w_r), one),  # the other class missing: 1
+                         torch.where(has_b, one * fixed_w_r, one)], dim=-1) * has
     w_b, w_r = w[..., 0], w[..., 1]
     return w_b * lb + w_r * lr, w_b, w_r
 
 
 def rft_per_sample(ce: torch.Tensor, seg: torch.Tensor, classes: torch.Tensor, n_samples: int, tau: float,
-                   detach: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample RFT losses (the `sample` granularity).
+                   detach: bool = True, fixed_w_r: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample RFT losses (the `sample` granularity): w_b^i L_b^i + w_r^i L_r^i with L_c^i the mean
+    CE of sample i's class-c tokens and the weights of `rft_combine` (softmax, or fixed_w_r's).
 
     ce, seg, classes: [N] token losses, the sample slot of each token, and its class (0/1; -1 tokens
     are ignored). Returns (loss [S], w_b [S], w_r [S], has_tokens [S] bool)."""
@@ -115,13 +136,16 @@ def rft_per_sample(ce: torch.Tensor, seg: torch.Tensor, classes: torch.Tensor, n
     sum_r = zeros.index_add(0, seg, ce * r)
     n_b = zeros.detach().index_add(0, seg, b.to(ce.dtype))
     n_r = zeros.detach().index_add(0, seg, r.to(ce.dtype))
-    loss, w_b, w_r = rft_combine(sum_b / n_b.clamp(min=1), sum_r / n_r.clamp(min=1), n_b, n_r, tau, detach)
+    loss, w_b, w_r = rft_combine(sum_b / n_b.clamp(min=1), sum_r / n_r.clamp(min=1), n_b, n_r, tau, detach,
+                                 fixed_w_r)
     return loss, w_b, w_r, (n_b + n_r) > 0
 
 
 def rft_batch_micro(local: torch.Tensor, global_: torch.Tensor, step_n_b: float, step_n_r: float, tau: float,
-                    detach: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The `batch` granularity's loss for one micro-step (see module docstring).
+                    detach: bool = True, fixed_w_r: float | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `batch` granularity's loss for one micro-step (see module docstring); `fixed_w_r`: the
+    constant weights of `rft_combine` instead of the softmax of the global class means.
 
     local: this rank's [sum_b, n_b, sum_r, n_r] (sums differentiable); global_: the same all-reduced
     over ranks (detached). step_n_b/step_n_r: class token counts of the whole optimizer step.
@@ -130,6 +154,13 @@ def rft_batch_micro(local: torch.Tensor, global_: torch.Tensor, step_n_b: float,
     S_b = local[0] + (g[0] - local[0]).detach()
     S_r = local[2] + (g[2] - local[2]).detach()
     n_b, n_r = g[1], g[3]
-    _, w_b, w_r = rft_combine(S_b / n_b.clamp(min=1), S_r / n_r.clamp(min=1), n_b, n_r, tau, detach)
+    _, w_b, w_r = rft_combine(S_b / n_b.clamp(min=1), S_r / n_r.clamp(min=1), n_b, n_r, tau, detach, fixed_w_r)
     loss = w_b * S_b / max(step_n_b, 1.0) + w_r * S_r / max(step_n_r, 1.0)
     return loss, w_b, w_r
+
+
+def dft_token_loss(ce: torch.Tensor) -> torch.Tensor:
+    """DFT's per-token loss p_t CE_t with p_t = exp(-CE_t) detached: the target's probability as a
+    constant weight (Wu et al. 2025, arXiv 2508.05629; TRL's loss_type="dft", LLaMA-Factory's
+    use_dft_loss). Its gradient is p_t grad(CE_t) = -grad(p_t). [N] -> [N]."""
+    return torch.exp(-ce.detach()) * ce

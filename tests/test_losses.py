@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rft_ds.losses import chunked_token_ce, class_sums, rft_batch_micro, rft_combine, rft_per_sample
+from rft_ds.losses import (chunked_token_ce, class_sums, dft_token_loss, rft_batch_micro, rft_combine,
+                            rft_per_sample)
+from rft_ds.train.step import LossSpec
 
 DT = torch.float64
 
@@ -40,6 +42,17 @@ def ref_rft(vals: list[float], classes: list[int], tau: float, detach: bool):
     gb = wb + (0.0 if detach else wb * (Lb - L) / tau)
     gr = wr + (0.0 if detach else wr * (Lr - L) / tau)
     grad = [gb / len(b) if c == 0 else gr / len(r) if c == 1 else 0.0 for c in classes]
+    return L, wb, wr, grad
+
+
+def ref_fixed(vals: list[float], classes: list[int], A: float):
+    """One group's fixed-weight loss (w_b, w_r) = (1 - A, A), a missing class leaving the other
+    alone with weight 1, and d loss / d value for every token (python floats)."""
+    b = [v for v, c in zip(vals, classes) if c == 0]
+    r = [v for v, c in zip(vals, classes) if c == 1]
+    wb, wr = (1.0 - A, A) if b and r else (1.0 if b else 0.0, 1.0 if r else 0.0)
+    L = (wb * sum(b) / len(b) if b else 0.0) + (wr * sum(r) / len(r) if r else 0.0)
+    grad = [wb / len(b) if c == 0 else wr / len(r) if c == 1 else 0.0 for c in classes]
     return L, wb, wr, grad
 
 
@@ -216,7 +229,7 @@ def test_class_sums():
 
 # ------------------------------------------------------------------ rft_batch_micro across simulated ranks
 
-def _simulate_ranks(vals, cls, parts, tau, detach, dtype=DT):
+def _simulate_ranks(vals, cls, parts, tau, detach, dtype=DT, fixed_w_r=None):
     """Each 'rank' computes class_sums on its tokens; the global sums are their (detached) sum.
     Returns (per-rank loss values, summed gradient w.r.t. the shared per-token loss leaf)."""
     x = torch.tensor(vals, dtype=dtype, requires_grad=True)
@@ -226,7 +239,7 @@ def _simulate_ranks(vals, cls, parts, tau, detach, dtype=DT):
     n_b, n_r = float(sum(1 for k in cls if k == 0)), float(sum(1 for k in cls if k == 1))
     values = []
     for loc in locs:
-        loss, w_b, w_r = rft_batch_micro(loc, g, n_b, n_r, tau, detach)
+        loss, w_b, w_r = rft_batch_micro(loc, g, n_b, n_r, tau, detach, fixed_w_r)
         values.append(loss.item())
         loss.backward()  # gradients of all ranks add up in x.grad (DeepSpeed: W * loss, then mean)
     return values, x.grad.tolist()
@@ -389,3 +402,189 @@ def test_chunked_token_ce_applies_the_logit_transform():
     got = chunked_token_ce(hidden, head, targets, chunk=2, transform=lambda x: torch.tanh(x / 3.0) * 3.0)
     ref = F.cross_entropy(torch.tanh(head(hidden) / 3.0) * 3.0, targets, reduction="none")
     assert torch.allclose(got, ref, atol=1e-6)
+
+
+# ------------------------------------------------------------------ fixed weights (--loss weighted)
+
+@pytest.mark.parametrize("A", [0.0, 0.3, 0.5, 1.0])
+def test_rft_combine_fixed_weights_and_missing_class(A):
+    # both classes, boilerplate only, reasoning only, no tokens
+    Lb = torch.tensor([1.2, 2.0, 0.0, 0.0], dtype=DT, requires_grad=True)
+    Lr = torch.tensor([3.5, 0.0, 0.7, 0.0], dtype=DT, requires_grad=True)
+    n_b = torch.tensor([2.0, 5.0, 0.0, 0.0], dtype=DT)
+    n_r = torch.tensor([3.0, 0.0, 4.0, 0.0], dtype=DT)
+    loss, w_b, w_r = rft_combine(Lb, Lr, n_b, n_r, tau=2.0, detach=False, fixed_w_r=A)
+    assert w_b.tolist() == [1.0 - A, 1.0, 0.0, 0.0] and w_r.tolist() == [A, 0.0, 1.0, 0.0]
+    for k, exp in enumerate([(1 - A) * 1.2 + A * 3.5, 2.0, 0.7, 0.0]):
+        assert close(loss[k], exp, 1e-15)
+    assert not w_b.requires_grad and not w_r.requires_grad  # constants, whatever `detach` says
+    loss.sum().backward()
+    assert Lb.grad.tolist() == [1.0 - A, 1.0, 0.0, 0.0] and Lr.grad.tolist() == [A, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("A", [0.0, 0.3, 1.0])
+def test_rft_per_sample_fixed_weights_against_reference(A):
+    vals, seg, cls, S = _per_sample_case()
+    ce = torch.tensor(vals, dtype=DT, requires_grad=True)
+    loss, w_b, w_r, has = rft_per_sample(ce, torch.tensor(seg), torch.tensor(cls), S, 2.0, fixed_w_r=A)
+    assert has.tolist() == [True, True, False, False, True]
+    exp_grad = [0.0] * len(vals)
+    for s in range(S):
+        idx = [k for k in range(len(vals)) if seg[k] == s]
+        L, wb, wr, g = ref_fixed([vals[k] for k in idx], [cls[k] for k in idx], A)
+        assert close(loss[s], L) and close(w_b[s], wb) and close(w_r[s], wr), s
+        for k, gk in zip(idx, g):
+            exp_grad[k] = gk
+    loss.sum().backward()
+    assert max(abs(a - b) for a, b in zip(ce.grad.tolist(), exp_grad)) < 1e-12
+    assert ce.grad[3] == 0 and ce.grad[6] == 0  # unlabeled tokens never count
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_fixed_weights_batch_two_ranks_equal_single_process(split):
+    vals = [0.4, 2.3, 1.1, 0.2, 3.7, 0.9, 5.0, 1.6, 0.05, 2.8, 0.6, 1.9]
+    cls = [0, 1, 0, 1, 1, -1, -1, 0, 0, 1, 0, 1]
+    L, _, _, grad = ref_fixed(vals, cls, 0.3)
+    values, got = _simulate_ranks(vals, cls, SPLITS[split](len(vals)), 2.0, True, fixed_w_r=0.3)
+    assert values[0] == values[1] and abs(values[0] - L) < 1e-12
+    assert max(abs(a - b) for a, b in zip(got, grad)) < 1e-12
+
+
+# ------------------------------------------------------------------ DFT
+
+def test_dft_token_loss_value_and_gradient():
+    vals = [0.01, 0.5, 1.7, 4.0, 12.0]
+    ce = torch.tensor(vals, dtype=DT, requires_grad=True)
+    out = dft_token_loss(ce)
+    assert all(close(o, math.exp(-v) * v, 1e-15) for o, v in zip(out.tolist(), vals))
+    out.sum().backward()  # the probability is a constant weight: d/dce = p
+    assert all(close(g, math.exp(-v), 1e-15) for g, v in zip(ce.grad.tolist(), vals))
+
+
+def test_dft_gradient_is_that_of_minus_the_target_probability():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 9, generator=g, dtype=DT, requires_grad=True)
+    targets = torch.randint(0, 9, (6,), generator=g)
+    dft_token_loss(F.cross_entropy(logits, targets, reduction="none")).sum().backward()
+    x = logits.detach().clone().requires_grad_()
+    p = torch.exp(x - x.logsumexp(-1, keepdim=True)).gather(1, targets[:, None])  # softmax by hand
+    (-p.sum()).backward()
+    assert torch.allclose(logits.grad, x.grad, atol=1e-14, rtol=0)
+
+
+# ------------------------------------------------------------------ micro_loss: one global batch, split or not
+
+# rows of (value, class); the last row has no masks (--missing-masks sft: UNMASKED, sample mode only)
+ROWS = [[(0.5, 0), (1.5, 1), (2.0, 1), (9.0, -1)], [(0.3, 0), (0.9, 0)], [(2.2, 1), (0.1, 1), (1.3, 0)],
+        [(7.0, -1)], [(1.1, 1), (0.4, 0), (3.3, 1), (0.8, -1)], [(1.7, 2), (0.6, 2)]]
+PIECES = [[[0, 1], [2]], [[3, 4], [5]]]  # rank -> micro-step -> rows; every micro-step holds both classes
+SPECS = {"sft": LossSpec("sft"), "dft": LossSpec("dft"), "rft-sample": LossSpec("rft", "sample", 2.0),
+         "weighted-sample": LossSpec("weighted", "sample", w_reasoning=0.3),
+         "weighted-batch": LossSpec("weighted", "batch", w_reasoning=0.3)}
+
+
+def _reference(name, rows, A=0.3):
+    """The global batch's objective and d objective / d token value, from the plain-Python references."""
+    vals = [v for row in rows for v, _ in row]
+    N = len(vals)
+    if name in ("sft", "dft"):
+        p = [math.exp(-v) if name == "dft" else 1.0 for v in vals]
+        return sum(pk * v for pk, v in zip(p, vals)) / N, [pk / N for pk in p]
+    if name == "weighted-batch":  # both classes in every micro-step: (1 - A) L_b + A L_r of the step
+        L, _, _, grad = ref_fixed(vals, [c for row in rows for _, c in row], A)
+        return L, grad
+    S, total, grad = sum(1 for row in rows if row), 0.0, []
+    for row in rows:
+        cls = [0 if c == 2 else c for _, c in row]
+        vs = [v for v, _ in row]
+        L, _, _, g = ref_fixed(vs, cls, A) if name.startswith("weighted") else ref_rft(vs, cls, 2.0, True)
+        total, grad = total + L / S, grad + [gk / S for gk in g]
+    return total, grad
+
+
+def _run_pieces(spec, rows, pieces):
+    """Every rank's every micro-step through micro_loss, gradients added as DeepSpeed does (mean over
+    ranks of the backpropagated losses). Returns (sum of the objective parts, gradient)."""
+    from rft_ds.train.step import StepCounts, micro_loss
+
+    W, M = len(pieces), len(pieces[0])
+    vals = [v for row in rows for v, _ in row]
+    cls = torch.tensor([c for row in rows for _, c in row])
+    row_of = [i for i, row in enumerate(rows) for _ in row]
+    x = torch.tensor(vals, dtype=DT, requires_grad=True)
+    counts = StepCounts(len(vals), sum(1 for row in rows if row), float((cls == 0).sum()), float((cls == 1).sum()))
+    total = 0.0
+    for m in range(M):
+        here = [[k for k in range(len(vals)) if row_of[k] in pieces[r][m]] for r in range(W)]
+        g = [0.0] * 4  # the all-reduced class sums of micro-step m, by hand
+        for k in sum(here, []):
+            c = int(cls[k])
+            if c in (0, 1):
+                g[2 * c] += vals[k]
+                g[2 * c + 1] += 1
+        for r in range(W):
+            idx = torch.tensor(here[r], dtype=torch.long)
+            seg = torch.tensor([pieces[r][m].index(row_of[k]) for k in here[r]], dtype=torch.long)
+            out = micro_loss(x[idx], seg, cls[idx], len(pieces[r][m]), counts, spec, W,
+                             lambda t: torch.tensor(g, dtype=torch.float64))
+            (out.loss / W).backward()
+            total += _f(out.objective)
+    return total, x.grad.tolist()
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_micro_loss_split_equals_one_piece_and_reference(name):
+    rows = ROWS[:-1] if name.endswith("batch") else ROWS
+    pieces = [[[i for i in part if i < len(rows)] for part in rank] for rank in PIECES]
+    L, grad = _reference(name, rows)
+    for split in ([[list(range(len(rows)))]], pieces):  # one piece; 2 ranks x 2 micro-steps
+        total, got = _run_pieces(SPECS[name], rows, split)
+        assert abs(total - L) < 1e-12, (split, total, L)
+        assert max(abs(a - b) for a, b in zip(got, grad)) < 1e-12, split
+
+
+@pytest.mark.parametrize("A", [0.0, 0.3])
+def test_weighted_metrics_row(A):
+    from rft_ds.train.step import MetricSums, StepCounts, metrics_row, micro_loss
+
+    vals = [v for row in ROWS for v, _ in row]
+    cls = torch.tensor([c for row in ROWS for _, c in row])
+    seg = torch.tensor([i for i, row in enumerate(ROWS) for _ in row])
+    ce = torch.tensor(vals, dtype=DT)
+    counts = StepCounts(len(vals), len(ROWS), float((cls == 0).sum()), float((cls == 1).sum()))
+    spec = LossSpec("weighted", "sample", w_reasoning=A)
+    sums = MetricSums("cpu")
+    sums.add(ce, cls, micro_loss(ce, seg, cls, len(ROWS), counts, spec, 1))
+    row = metrics_row(counts, sums.all_reduced(lambda t: t), spec, True)
+    assert row["w_b"] == pytest.approx(1 - A, abs=1e-15) and row["w_r"] == pytest.approx(A, abs=1e-15)
+    assert row["loss"] == pytest.approx(_reference("weighted-sample", ROWS, A)[0], abs=1e-12)
+    assert row["sft_loss"] == pytest.approx(sum(vals) / len(vals), abs=1e-12)
+    dft = metrics_row(counts, {**sums.all_reduced(lambda t: t), "objective": 0.25}, LossSpec("dft"), False)
+    assert set(dft) == {"loss", "sft_loss"} and dft["loss"] == 0.25
+
+
+# ------------------------------------------------------------------ the flags of the new losses
+
+def test_weighted_and_dft_flags_and_checks():
+    import argparse
+
+    from rft_ds.config import TrainConfig
+    from rft_ds.errors import ConfigError
+    from rft_ds.train.cli import add_rft_flags
+
+    p = argparse.ArgumentParser()
+    add_rft_flags(p)
+    a = p.parse_args(["--loss", "weighted", "--w-reasoning", "0.3", "--masks", "m.jsonl"])
+    assert (a.loss, a.w_reasoning, p.parse_args([]).w_reasoning) == ("weighted", 0.3, 0.5)
+    base = dict(model="m", data="d", output="o", max_steps=1)
+    for kw, words in [(dict(loss="weighted"), "--loss weighted needs --masks"),
+                      (dict(loss="weighted", masks="m", w_reasoning=1.5), "--w-reasoning must be in [0, 1]"),
+                      (dict(loss="weighted", masks="m", w_reasoning=-0.1), "--w-reasoning must be in [0, 1]"),
+                      (dict(loss="weighted", masks="m", rft_granularity="batch", missing_masks="sft"),
+                       "--missing-masks sft"),
+                      (dict(loss="focal"), "--loss must be one of")]:
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            TrainConfig(**base, **kw).check()
+    for kw in (dict(loss="dft"), dict(loss="weighted", masks="m", w_reasoning=0.0, missing_masks="sft"),
+               dict(loss="weighted", masks="m", w_reasoning=1.0, rft_granularity="batch")):
+        TrainConfig(**base, **kw).check()

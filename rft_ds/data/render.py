@@ -67,6 +67,22 @@ class Encoded:
         return [tok for t, (tok, m) in enumerate(zip(self.input_ids, self.msg_index)) if m == message and t >= 1]
 
 
+class EncodedList(list):
+    """Encoded samples in memory, with the interface the passes use on the memory-mapped cache
+    (rft_ds/data/cache.py:EncodedTable): `lengths`, `ids`, `set_classes`."""
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self]
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self]
+
+    def set_classes(self, i: int, classes: list[int]) -> None:
+        self[i].classes = classes
+
+
 def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
@@ -122,10 +138,11 @@ class EncodeStats:
 
 
 def encode_dataset(convs: list[Conversation], tokenizer, max_seq_len: int | None,
-                   on_overflow: str = "truncate") -> tuple[list[Encoded], EncodeStats]:
-    """Tokenize every sample once. on_overflow: 'truncate' (count and report) or 'error'."""
+                   on_overflow: str = "truncate", keep_empty: bool = False) -> tuple[list[Encoded], EncodeStats]:
+    """Tokenize every sample once. on_overflow: 'truncate' (count and report) or 'error'. Samples
+    that truncation left without a loss token are dropped (counted) unless `keep_empty`."""
     ensure_chat_template(tokenizer)
-    out, st = [], EncodeStats()
+    out, st = EncodedList(), EncodeStats()
     for conv in convs:
         e = encode_conversation(conv, tokenizer, max_seq_len)
         if e.truncated:
@@ -134,7 +151,7 @@ def encode_dataset(convs: list[Conversation], tokenizer, max_seq_len: int | None
                                 f"sample {conv.id!r} is longer than --max-seq-len {max_seq_len} tokens",
                                 "raise --max-seq-len, or pass --on-overflow truncate")
             st.truncated += 1
-        if e.n_loss_tokens == 0:
+        if e.n_loss_tokens == 0 and not keep_empty:
             st.dropped_no_loss_tokens += 1
             continue
         st.samples += 1

@@ -11,13 +11,12 @@ work directory, which chunks are left, and the merge into the masks file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from rft_ds.errors import MasksError
-from rft_ds.fsio import atomic_write, command_line, dumps_line, write_json
+from rft_ds.fsio import atomic_write, command_line, dumps_line, file_digest, write_json
 
 WORK_SUFFIX = ".work"
 
@@ -28,14 +27,6 @@ def work_dir(out: Path) -> Path:
 
 def chunk_path(work: Path, k: int) -> Path:
     return work / f"chunk-{k:06d}.jsonl"
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _model_identity(model_dir: str) -> dict:
@@ -57,7 +48,7 @@ def rounds_of(n_batches: int, world: int) -> int:
 
 def manifest_of(cfg, world: int, fingerprint: str, precision: str, n_samples: int) -> dict:
     """What a work directory's chunks depend on: a rerun resumes only when all of it is equal."""
-    return {"data": _file_digest(cfg.data), "base": _model_identity(cfg.base), "shad": _model_identity(cfg.shad),
+    return {"data": file_digest(cfg.data), "base": _model_identity(cfg.base), "shad": _model_identity(cfg.shad),
             "tokenizer": fingerprint, "batch_size": cfg.batch_size, "max_seq_len": cfg.max_seq_len,
             "margin": cfg.margin, "world_size": world, "rounds_per_chunk": cfg.rounds_per_chunk,
             "precision": precision, "samples": n_samples}
@@ -86,31 +77,48 @@ def write_chunk(work: Path, k: int, gathered: list[list[dict]]) -> None:
 
 def merge(work: Path, out: Path, ids: list[str], n_chunks: int, meta: dict) -> tuple[int, int]:
     """Rank 0: every chunk into `out` in input order (`ids`), coverage checked, atomically; then the
-    meta sidecar, and the work dir removed. Returns (assistant tokens, reasoning tokens)."""
+    meta sidecar, and the work dir removed. Returns (assistant tokens, reasoning tokens).
+
+    Streaming: only an index {id: (chunk, byte offset)} is held, and each record is copied as the
+    line its chunk holds (the same bytes `dumps_line` wrote), so memory does not grow with the data."""
     from rft_ds.masks import meta_path
 
-    got: dict[str, dict] = {}
+    where: dict[str, tuple[int, int]] = {}
     for k in range(n_chunks):
-        with open(chunk_path(work, k), encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if rec["id"] in got:
-                    raise MasksError(f"{work}: id {rec['id']!r} labeled twice (please report this)")
-                got[rec["id"]] = rec
-    missing = [i for i in ids if i not in got]
-    extra = set(got) - set(ids)
+        with open(chunk_path(work, k), "rb") as f:
+            for off, line in _lines_with_offsets(f):
+                rid = json.loads(line)["id"]
+                if rid in where:
+                    raise MasksError(f"{work}: id {rid!r} labeled twice (please report this)")
+                where[rid] = (k, off)
+    missing = [i for i in ids if i not in where]
+    extra = len(where) - (len(ids) - len(missing))
     if missing or extra:
         raise MasksError(f"{work}: coverage check failed: {len(missing)} ids missing (first {missing[:3]}), "
-                         f"{len(extra)} unexpected; rerun with --overwrite")
+                         f"{extra} unexpected; rerun with --overwrite")
     n_all = n_r = 0
-    with atomic_write(out) as f:
-        for i in ids:
-            rec = got[i]
-            for t in rec["turns"]:
-                n_all += len(t["labels"])
-                n_r += sum(t["labels"])
-            f.write(dumps_line(rec))
+    files = [open(chunk_path(work, k), "rb") for k in range(n_chunks)]
+    try:
+        with atomic_write(out, "wb") as f:
+            for i in ids:
+                k, off = where[i]
+                files[k].seek(off)
+                line = files[k].readline()
+                for t in json.loads(line)["turns"]:
+                    n_all += len(t["labels"])
+                    n_r += sum(t["labels"])
+                f.write(line)
+    finally:
+        for fh in files:
+            fh.close()
     write_json(meta_path(out), {**meta, "tokens": n_all, "reasoning_share": n_r / max(n_all, 1),
                                 "command": command_line()})
     shutil.rmtree(work, ignore_errors=True)
     return n_all, n_r
+
+
+def _lines_with_offsets(f):
+    off = 0
+    for line in f:
+        yield off, line
+        off += len(line)

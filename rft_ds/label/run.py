@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rft_ds import dist
 from rft_ds.config import LabelConfig
-from rft_ds.errors import ConfigError, DataError
+from rft_ds.errors import ConfigError
 from rft_ds.label.chunks import manifest_of, merge, pending_chunks, plan_batches, rounds_of, work_dir, write_chunk
 from rft_ds.runtime import build_engine, claim_output
 
@@ -40,7 +40,7 @@ def label(cfg: LabelConfig) -> int:
     claim_output([out], [out, meta_path(out), work], overwrite=cfg.overwrite,
                  refusal=f"{out} already exists; pass --overwrite to relabel")
     tok, fp, encs = _encode(cfg)
-    batches = plan_batches([len(e.input_ids) for e in encs], cfg.batch_size)
+    batches = plan_batches(encs.lengths, cfg.batch_size)
     n_rounds = rounds_of(len(batches), W)
     n_chunks = (n_rounds + cfg.rounds_per_chunk - 1) // cfg.rounds_per_chunk
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dist.on_gpu() else "fp32")
@@ -82,7 +82,7 @@ def label(cfg: LabelConfig) -> int:
     if dist.is_main():
         meta = {"base": cfg.base, "shad": cfg.shad, "data": cfg.data, "tokenizer": fp, "margin": cfg.margin,
                 "max_seq_len": cfg.max_seq_len, "samples": len(encs)}
-        n_all, n_r = merge(work, out, [e.id for e in encs], n_chunks, meta)
+        n_all, n_r = merge(work, out, encs.ids, n_chunks, meta)
         rate = n_tok / elapsed if elapsed > 0 and n_tok else 0.0
         print(f"label: wrote {out}: {len(encs)} samples, {n_all} assistant tokens, "
               f"{n_r / max(n_all, 1):.1%} labeled reasoning; {n_tok} tokens this run at {rate:.0f} tokens/s "
@@ -92,10 +92,11 @@ def label(cfg: LabelConfig) -> int:
 
 
 def _encode(cfg: LabelConfig):
-    """The base model's tokenizer (the SHAD model's must be the same), and every sample encoded."""
-    from rft_ds.data.formats import read_conversations
-    from rft_ds.data.render import encode_conversation, ensure_chat_template, tokenizer_fingerprint
+    """The base model's tokenizer (the SHAD model's must be the same), and every sample encoded
+    (through the tokenized cache; samples without a loss token are kept: records cover every id)."""
+    from rft_ds.data.render import tokenizer_fingerprint
     from rft_ds.modeling import load_tokenizer
+    from rft_ds.runtime import CacheSpec, tokenized
 
     tok = load_tokenizer(cfg.base)
     fp = tokenizer_fingerprint(tok)
@@ -103,14 +104,7 @@ def _encode(cfg: LabelConfig):
     if shad_fp != fp:
         raise ConfigError(f"the SHAD model's tokenizer ({cfg.shad}: {shad_fp}) differs from the base model's "
                           f"({cfg.base}: {fp}); SHAD must tune a copy of the same base model")
-    ensure_chat_template(tok)
-    encs = []
-    for c in read_conversations(cfg.data):
-        e = encode_conversation(c, tok, cfg.max_seq_len)
-        if e.truncated and cfg.on_overflow == "error":
-            raise DataError(c.path, c.line, "messages", f"sample {c.id!r} is longer than --max-seq-len "
-                            f"{cfg.max_seq_len}", "raise --max-seq-len, or pass --on-overflow truncate")
-        encs.append(e)
+    encs, _ = tokenized(cfg.data, tok, cfg.max_seq_len, cfg.on_overflow, CacheSpec.of(cfg), keep_empty=True)
     return tok, fp, encs
 
 

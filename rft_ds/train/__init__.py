@@ -1,4 +1,5 @@
-"""The training pass (`train`, `shad-train`): one loop for SHAD tuning, SFT and RFT.
+"""The training pass (`train`, `shad-train`): one loop for SHAD tuning, SFT, RFT and the
+baselines (fixed weights, DFT).
 
     cli.py         flags -> TrainConfig; shad-train builds the shuffled pairs and calls the loop
     loop.py        the loop, read top to bottom: setup, then step -> metrics row -> checkpoint, final save

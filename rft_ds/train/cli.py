@@ -8,7 +8,8 @@ import argparse
 
 from rft_ds.fsio import command_line
 
-from rft_ds.config import DEFAULT_SHUFFLE_FRACTION, DEFAULT_TAU, TrainConfig, default_of
+from rft_ds.config import DEFAULT_SHUFFLE_FRACTION, DEFAULT_TAU, LOSSES, TrainConfig, default_of
+from rft_ds.data.cache import add_cache_flags
 from rft_ds.monitor import REPORT_TO
 
 
@@ -54,6 +55,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a finished run in OUTPUT")
     g.add_argument("--dist-timeout-min", type=float, default=D("dist_timeout_min"),
                    help="process-group timeout (minutes): a dead rank is reported after this long")
+    g = p.add_argument_group("tokenized data cache")
+    add_cache_flags(g, passes=True)
     g = p.add_argument_group("observability")
     g.add_argument("--report-to", choices=list(REPORT_TO), default=D("report_to"),
                    help="also send every metrics.jsonl scalar to TensorBoard, W&B (offline without WANDB_API_KEY) "
@@ -66,11 +69,18 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def add_rft_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", choices=["sft", "rft"], default=D("loss"))
-    g.add_argument("--masks", default=None, help="masks.jsonl from `rft-ds label` (RFT; with SFT: per-class metrics)")
+    g.add_argument("--loss", choices=list(LOSSES), default=D("loss"),
+                   help="sft: token-mean CE; rft: class means weighted by softmax(losses/tau) (the paper); "
+                        "weighted: class means with fixed weights (--w-reasoning); dft: CE x detached token "
+                        "probability (docs/losses.md)")
+    g.add_argument("--masks", default=None,
+                   help="masks.jsonl from `rft-ds label` (rft, weighted; with sft, dft: per-class metrics)")
     g.add_argument("--tau", type=float, default=D("tau"), help=f"RFT temperature (default {DEFAULT_TAU}: 1/tau = 0.5)")
+    g.add_argument("--w-reasoning", type=float, default=D("w_reasoning"),
+                   help="--loss weighted: reasoning weight A in [0, 1], boilerplate 1 - A (default %(default)s)")
     g.add_argument("--rft-granularity", choices=["sample", "batch"], default=D("rft_granularity"),
-                   help="sample: per-sample class means and weights (the paper); batch: global class means")
+                   help="rft, weighted: sample: per-sample class means and weights (the paper); "
+                        "batch: global class means")
     g.add_argument("--no-detach-weights", dest="detach_weights", action="store_false",
                    help="let gradients flow through the RFT weights")
     g.add_argument("--missing-masks", choices=["error", "sft"], default=D("missing_masks"))
@@ -107,7 +117,7 @@ def run_shad(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="fine-tune with the SFT or RFT loss (one ZeRO-3 training loop)")
+    p = sub.add_parser("train", help="fine-tune with the SFT, RFT, fixed-weight or DFT loss (one ZeRO-3 training loop)")
     add_train_flags(p)
     add_rft_flags(p)
     p.set_defaults(func=run_train)

@@ -1,10 +1,10 @@
-"""The one training loop: SHAD tuning, SFT and RFT differ only in their data and loss.
+"""The one training loop: SHAD tuning, SFT, RFT, fixed-weight and DFT runs differ only in their data and loss.
 
     tokenize once -> (optional) join masks -> load model under ZeRO-3 -> deepspeed.initialize
     for each optimizer step:
         all-reduce the step's token/sample/class counts        (1 collective, every rank)
         for each micro-batch: forward -> per-token CE -> loss -> backward(scale_wrt_gas=False) -> step
-            (RFT batch mode: + 1 all-reduce of 4 class sums per micro-step, every rank)
+            (batch granularity: + 1 all-reduce of 4 class sums per micro-step, every rank)
         all-reduce the step's metric sums                     (1 collective, every rank)
         rank 0 appends one line to metrics.jsonl; checkpoint every --save-steps
     consolidated 16-bit save to OUTPUT/final (Hugging Face format)
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from rft_ds import dist
-from rft_ds.config import TrainConfig
+from rft_ds.config import CLASS_LOSSES, TrainConfig
 from rft_ds.data.batching import DUMMY, collate, global_batches, split_global_batch
-from rft_ds.data.formats import Conversation, read_conversations
+from rft_ds.data.formats import Conversation
 from rft_ds.data.render import encode_dataset, tokenizer_fingerprint
 from rft_ds.ds_config import default_ds_config, load_ds_config, precision_of, resolve_ds_config, resolved_flags
 from rft_ds.fsio import append_line, atomic_write, dumps_line, fault_point, read_jsonl_tail_safe, write_json
@@ -63,12 +63,11 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     _start_files(out, start, {"config": cfg.to_json(), "ds_config": ds, "world_size": W, "precision": precision,
                               **data_info}, extra_files)
     dist.log(f"train: {len(encs)} samples, {total} steps x global batch {G} (= {W} ranks x {cfg.micro_batch_size} x "
-             f"{cfg.grad_accum}), loss {cfg.loss}" + (f" ({cfg.rft_granularity}, tau {cfg.tau})" if cfg.loss == "rft"
-                                                       else "")
+             f"{cfg.grad_accum}), loss {cfg.loss}" + _loss_detail(cfg)
              + f", {precision}, ZeRO stage {ds['zero_optimization'].get('stage', 0)}")
 
-    spec, lengths = LossSpec.of(cfg), [len(e.input_ids) for e in encs]
-    dummy = min(encs, key=lambda e: len(e.input_ids))
+    spec, lengths = LossSpec.of(cfg), encs.lengths
+    dummy = encs[min(range(len(lengths)), key=lengths.__getitem__)]
     flops = _FlopMeter(built.hf.config, cfg.peak_tflops, W)
     epoch_cache: dict[int, list[list[int]]] = {}
     progress = Progress(total, "step", cfg.log_every_s, initial=start, enabled=dist.is_main())
@@ -114,20 +113,31 @@ def _optimizer_step(engine, micro: list, spec: LossSpec, W: int) -> tuple[StepCo
     return counts, sums.all_reduced(dist.all_reduce_sum)
 
 
+def _loss_detail(cfg: TrainConfig) -> str:
+    if cfg.loss == "rft":
+        return f" ({cfg.rft_granularity}, tau {cfg.tau})"
+    if cfg.loss == "weighted":
+        return f" ({cfg.rft_granularity}, w_b {1 - cfg.w_reasoning:g}, w_r {cfg.w_reasoning:g})"
+    return ""
+
+
 def _load_data(cfg: TrainConfig, convs: list[Conversation] | None):
-    """Read, tokenize once, join masks (RFT, or per-class metrics for SFT)."""
-    from rft_ds.masks import attach_classes, read_masks
+    """Tokenize once (the cache, memory-mapped; SHAD's shuffled pairs in memory), join masks (the
+    class losses, or per-class metrics for SFT and DFT)."""
+    from rft_ds.masks import attach_classes
     from rft_ds.modeling import load_tokenizer
+    from rft_ds.runtime import CacheSpec, tokenized
 
     tok = load_tokenizer(cfg.model)
     if convs is None:
-        convs = read_conversations(cfg.data)
-    encs, st = encode_dataset(convs, tok, cfg.max_seq_len, cfg.on_overflow)
+        encs, st = tokenized(cfg.data, tok, cfg.max_seq_len, cfg.on_overflow, CacheSpec.of(cfg))
+    else:
+        encs, st = encode_dataset(convs, tok, cfg.max_seq_len, cfg.on_overflow)
     dist.log(f"data: {st.summary()}")
     info = {"data": st.__dict__}
     if cfg.masks:
-        info.update(attach_classes(encs, read_masks(cfg.masks), tokenizer_fingerprint(tok),
-                                   cfg.missing_masks if cfg.loss == "rft" else "sft", cfg.masks))
+        info.update(attach_classes(encs, cfg.masks, tokenizer_fingerprint(tok),
+                                   cfg.missing_masks if cfg.loss in CLASS_LOSSES else "sft"))
         if info["missing_masks"]:
             dist.log(f"masks: {info['missing_masks']} samples have no masks and train with the SFT loss")
     return tok, encs, info

@@ -3,8 +3,8 @@
     counts = step_counts(micro)            1 all-reduce: the step's global token/sample/class counts
     for each micro-batch:
         ce = engine(...)                   per-token CE at loss positions (TokenLossModel)
-        out = micro_loss(ce, mb, counts)   the loss to backpropagate + its metric parts (pure; RFT batch
-                                           mode does 1 all-reduce of 4 class sums through `reduce`)
+        out = micro_loss(ce, mb, counts)   the loss to backpropagate + its metric parts (pure; batch
+                                           granularity does 1 all-reduce of 4 class sums through `reduce`)
         sums.add(ce, classes, out)
     sums.all_reduced(reduce)               1 all-reduce: the step's metric sums
     metrics_row(...)                       one line of metrics.jsonl
@@ -19,21 +19,27 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from rft_ds.losses import BOILERPLATE, REASONING, class_sums, rft_batch_micro, rft_per_sample
+from rft_ds.losses import BOILERPLATE, REASONING, class_sums, dft_token_loss, rft_batch_micro, rft_per_sample
 from rft_ds.masks import UNMASKED
 
 
 @dataclass
 class LossSpec:
     """What the loss needs of the run's config."""
-    loss: str = "sft"                 # sft | rft
-    granularity: str = "sample"       # RFT: sample | batch
+    loss: str = "sft"                 # sft | rft | weighted | dft
+    granularity: str = "sample"       # RFT and weighted: sample | batch
     tau: float = 2.0
     detach_weights: bool = True
+    w_reasoning: float = 0.5          # weighted: (w_b, w_r) = (1 - w_reasoning, w_reasoning)
 
     @classmethod
     def of(cls, cfg) -> "LossSpec":
-        return cls(cfg.loss, cfg.rft_granularity, cfg.tau, cfg.detach_weights)
+        return cls(cfg.loss, cfg.rft_granularity, cfg.tau, cfg.detach_weights, cfg.w_reasoning)
+
+    @property
+    def fixed_w_r(self) -> float | None:
+        """The constant reasoning weight of `weighted`; None: RFT's softmax weights."""
+        return self.w_reasoning if self.loss == "weighted" else None
 
 
 @dataclass
@@ -65,9 +71,9 @@ def local_counts(micro: list, device) -> torch.Tensor:
 class MicroLoss:
     loss: torch.Tensor            # what this rank backpropagates (scaled by W, see losses.py)
     objective: torch.Tensor       # this micro-step's share of the global objective (for the metric)
-    w_b: torch.Tensor | float = 0.0   # RFT: sum of boilerplate weights over weighted samples
+    w_b: torch.Tensor | float = 0.0   # RFT, weighted: sum of boilerplate weights over weighted samples
     w_r: torch.Tensor | float = 0.0
-    weighted: torch.Tensor | float = 0.0  # RFT: how many weightings the sums hold
+    weighted: torch.Tensor | float = 0.0  # RFT, weighted: how many weightings the sums hold
 
 
 def micro_loss(ce: torch.Tensor, seg: torch.Tensor, classes: torch.Tensor, n_rows: int, counts: StepCounts,
@@ -75,21 +81,30 @@ def micro_loss(ce: torch.Tensor, seg: torch.Tensor, classes: torch.Tensor, n_row
     """The loss of one micro-batch given the step's global counts. `ce`: per-token CE at loss
     positions (row-major), `seg`: each token's row, `classes`: each token's class (-1 unlabeled,
     0 boilerplate, 1 reasoning, UNMASKED: trained with SFT). `reduce`: the all-reduce (sum) that
-    RFT batch mode needs for its 4 class sums; every rank calls it once per micro-step."""
+    the batch granularity needs for its 4 class sums; every rank calls it once per micro-step."""
     W, N, S = world, max(counts.tokens, 1.0), max(counts.samples, 1.0)
-    if spec.loss == "sft":
-        return MicroLoss(ce.sum() * (W / N), ce.detach().sum() / N)
+    if spec.loss in ("sft", "dft"):
+        part = (dft_token_loss(ce) if spec.loss == "dft" else ce).sum()
+        return MicroLoss(part * (W / N), part.detach() / N)
     if spec.granularity == "sample":
         cls = torch.where(classes == UNMASKED, torch.zeros_like(classes), classes)
-        per, w_b, w_r, has = rft_per_sample(ce, seg, cls, n_rows, spec.tau, spec.detach_weights)
-        both = has & (w_b > 0) & (w_r > 0)
+        per, w_b, w_r, _ = rft_per_sample(ce, seg, cls, n_rows, spec.tau, spec.detach_weights, spec.fixed_w_r)
+        both = _rows_with_both_classes(seg, cls, n_rows)
         return MicroLoss(per.sum() * (W / S), per.detach().sum() / S,
                          w_b.detach()[both].sum(), w_r.detach()[both].sum(), both.sum())
     cs = class_sums(ce, classes)
     g = reduce(cs.detach().clone().double()).to(cs.dtype)
-    lm, w_b, w_r = rft_batch_micro(cs, g, counts.tokens_b, counts.tokens_r, spec.tau, spec.detach_weights)
+    lm, w_b, w_r = rft_batch_micro(cs, g, counts.tokens_b, counts.tokens_r, spec.tau, spec.detach_weights,
+                                   spec.fixed_w_r)
     # the objective has the same value on every rank: the sum over ranks counts it once
     return MicroLoss(lm * W, lm.detach() / W, w_b.detach() / W, w_r.detach() / W, 1.0 / W)
+
+
+def _rows_with_both_classes(seg: torch.Tensor, classes: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """[n_rows] bool: rows holding tokens of both classes (the samples whose weights the metrics average)."""
+    n_b = torch.bincount(seg[classes == BOILERPLATE], minlength=n_rows)
+    n_r = torch.bincount(seg[classes == REASONING], minlength=n_rows)
+    return (n_b > 0) & (n_r > 0)
 
 
 class MetricSums:
@@ -113,14 +128,14 @@ class MetricSums:
 def metrics_row(counts: StepCounts, sums: dict[str, float], spec: LossSpec, has_classes: bool) -> dict:
     """The loss columns of one metrics.jsonl row (the loop adds step, lr, timing)."""
     N, NB, NR = max(counts.tokens, 1.0), counts.tokens_b, counts.tokens_r
-    rft = spec.loss == "rft"
-    row = {"loss": sums["objective"] if rft else sums["ce"] / N}
-    if rft:
+    plain = spec.loss == "sft"
+    row = {"loss": sums["ce"] / N if plain else sums["objective"]}
+    if not plain:  # the objective is not the token-mean CE: keep that one too
         row["sft_loss"] = sums["ce"] / N
     if has_classes:
         row.update(loss_b=sums["ce_b"] / NB if NB else None, loss_r=sums["ce_r"] / NR if NR else None,
                    tokens_b=int(NB), tokens_r=int(NR))
-    if rft:
+    if spec.loss in ("rft", "weighted"):
         k = sums["weighted"]
         row.update(w_b=sums["w_b"] / k if k else None, w_r=sums["w_r"] / k if k else None)
     return row

@@ -1,0 +1,169 @@
+"""Figure 8 (issue 14): data at scale. Per-rank peak memory and time to the first step of a 2-rank
+`train --max-steps 1` launch on 1k, 20k and 100k generated demo samples with the SmolLM2 tokenizer
+(and model), measured side by side in one run:
+
+  memory  every rank tokenizes into Python lists (`--no-cache`, the code before the cache)
+  cold    the tokenized cache is missing: rank 0 builds it (`--num-proc 2`), both ranks map it
+  warm    the cache exists: both ranks memory-map it
+
+Peak memory is each rank's peak RSS (VmHWM of /proc/<pid>/status, polled every 0.1 s; the ranks
+leave with os._exit, so nothing can report it at exit), with its anonymous part (RssAnon: private
+Python objects) apart from file pages (RssFile: the memory-mapped table, shared by the ranks of a
+node and dropped by the kernel under pressure). Time to the first step is `elapsed_s` of step 1 in
+metrics.jsonl (from the start of `train`, after imports: data, model build, one step).
+
+Figures: the per-rank growth of anonymous memory in bytes per token of data between the 1k and
+100k launches (memory vs warm; target <= 4), the warm 100k launch's time to the first step over the
+warm 1k launch's (target <= 1.2), and tokenizing throughput of the cold build at --num-proc 2 over
+the in-memory single-process encode (target >= 1.7; this machine has 2 cores).
+
+    .venv/bin/python bench/fig8_data_scale.py [--sizes 1000 20000 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from common import BIN, ROOT, env, free_port, remove_shm_buffers, save_figure, say, work_dir
+
+
+def _rss(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                out[k] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _ranks(root_pid: int) -> list[int]:
+    """The rank processes under a launcher: python processes running `-m rft_ds`."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"rft_ds" in cmd and any(a.startswith(b"--local_rank") for a in cmd):
+                pids.append(int(p.name))
+    return pids
+
+
+def launch_measured(args: list[str], log: Path) -> dict:
+    """Run a 2-rank launch; poll every rank's memory until it exits. Returns per-rank peaks."""
+    port = free_port()
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "--module", "rft_ds", *args]
+    peaks: dict[int, dict[str, int]] = {}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            for pid in _ranks(proc.pid):
+                cur = _rss(pid)
+                best = peaks.setdefault(pid, {})
+                for k, v in cur.items():
+                    best[k] = max(best.get(k, 0), v)
+            time.sleep(0.1)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    out, _ = proc.communicate(timeout=3600)
+    done.set()
+    th.join()
+    remove_shm_buffers(port)
+    log.write_text(" ".join(cmd) + "\n\n" + out)
+    if proc.returncode != 0:
+        raise RuntimeError(f"launch failed (rc {proc.returncode}): {' '.join(cmd)}\n{out[-4000:]}")
+    ranks = sorted(peaks.values(), key=lambda d: -d.get("VmHWM", 0))[:2]
+    return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss": max(r.get("VmHWM", 0) for r in ranks),
+            "peak_anon": max(r.get("RssAnon", 0) for r in ranks), "peak_file": max(r.get("RssFile", 0) for r in ranks),
+            "out": out}
+
+
+def demo_data(n: int) -> Path:
+    d = work_dir() / "data_scale" / f"demo-{n}"
+    if not (d / "train.jsonl").exists():
+        subprocess.run([str(BIN / "rft-ds"), "demo-data", "--output-dir", str(d), "--n-train", str(n),
+                        "--n-heldout", "10"], check=True, capture_output=True, env=env())
+    return d / "train.jsonl"
+
+
+def one(model: Path, data: Path, mode: str, cache: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    if mode == "cold":
+        shutil.rmtree(cache, ignore_errors=True)
+    args = ["train", "--model", str(model), "--data", str(data), "--output", str(out), "--max-steps", "1",
+            "--micro-batch-size", "1", "--max-seq-len", "1024", "--deepspeed", "ds_configs/zero3.json",
+            "--cache-dir", str(cache), "--num-proc", "2", "--lr", "1e-5"]
+    if mode == "memory":
+        args.append("--no-cache")
+    r = launch_measured(args, out.parent / f"{out.name}.log")
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    run = json.loads((out / "run.json").read_text())
+    r.update(first_step_s=row["elapsed_s"], tokens=run["data"]["tokens"], samples=run["data"]["samples"])
+    if mode == "cold":
+        done = json.loads(next(cache.glob("*/done.json")).read_text())
+        r["build_s"], r["build_tokens"] = done["seconds"], done["tokens"]
+    shutil.rmtree(out / "final", ignore_errors=True)
+    del r["out"]
+    return r
+
+
+def encode_rate(model: Path, data: Path) -> float:
+    """Today's in-memory encode in one process: tokens per second (read + render + tokenize)."""
+    code = ("import time, json; from rft_ds.modeling import load_tokenizer; from rft_ds.data.formats import "
+            "read_conversations; from rft_ds.data.render import encode_dataset; "
+            f"tok = load_tokenizer({str(model)!r}); t = time.perf_counter(); "
+            f"e, st = encode_dataset(read_conversations({str(data)!r}), tok, 1024, keep_empty=True); "
+            "print(json.dumps({'s': time.perf_counter() - t, 'tokens': sum(len(x.input_ids) for x in e)}))")
+    r = subprocess.run([str(BIN / "python"), "-c", code], check=True, capture_output=True, text=True, env=env())
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    return got["tokens"] / got["s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000, 100000])
+    ap.add_argument("--model", default=str(ROOT / ".venv" / "models" / "smollm2-135m"))
+    a = ap.parse_args()
+    model, w = Path(a.model), work_dir() / "data_scale"
+    res: dict[str, dict] = {}
+    for n in a.sizes:
+        data = demo_data(n)
+        cache = w / f"cache-{n}"
+        for mode in ("memory", "cold", "warm"):  # warm right after cold: the cache cold just built
+            r = one(model, data, mode, cache, w / f"run-{n}-{mode}")
+            res[f"{n}/{mode}"] = r
+            say(f"data scale {n} samples, {mode}: first step {r['first_step_s']:.1f}s, peak RSS "
+                f"{r['peak_rss'] / 2**20:.0f} MiB (anon {r['peak_anon'] / 2**20:.0f}, file {r['peak_file'] / 2**20:.0f})")
+    lo, hi = min(a.sizes), max(a.sizes)
+    dtok = res[f"{hi}/warm"]["tokens"] - res[f"{lo}/warm"]["tokens"]
+    per_tok = {m: (res[f"{hi}/{m}"]["peak_anon"] - res[f"{lo}/{m}"]["peak_anon"]) / dtok for m in ("memory", "warm")}
+    per_tok_rss = {m: (res[f"{hi}/{m}"]["peak_rss"] - res[f"{lo}/{m}"]["peak_rss"]) / dtok for m in ("memory", "warm")}
+    first = res[f"{hi}/warm"]["first_step_s"] / res[f"{lo}/warm"]["first_step_s"]
+    rate_mem = encode_rate(model, demo_data(hi))
+    rate_cold = res[f"{hi}/cold"]["build_tokens"] / res[f"{hi}/cold"]["build_s"]
+    detail = {"runs": res, "anon_bytes_per_token": per_tok, "rss_bytes_per_token": per_tok_rss,
+              "encode_tokens_per_s_one_process": round(rate_mem), "cold_build_tokens_per_s": round(rate_cold)}
+    save_figure("fig8_rank_bytes_per_token", per_tok["warm"], "<= 4", detail)
+    save_figure("fig8_warm_first_step_ratio", first, "<= 1.2", {"sizes": [lo, hi]})
+    save_figure("fig8_cold_build_speedup", rate_cold / rate_mem, ">= 1.7", {"num_proc": 2})
+    print(json.dumps({k: v for k, v in detail.items() if k != "runs"}, indent=2))
+    print(f"warm first-step ratio {hi}/{lo}: {first:.2f}; cold build at 2 procs / one-process encode: "
+          f"{rate_cold / rate_mem:.2f}")
+
+
+if __name__ == "__main__":
+    main()
