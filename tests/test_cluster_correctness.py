@@ -7,7 +7,8 @@ and against independent references (plain Hugging Face + PyTorch in this process
   with gloo's "Is there a distributed collective mismatch in your code?");
 * the engine's whole step-1 gradient vector, read back from a 1-step SGD run (lr 1, no clipping:
   the saved weights are p0 - g), equal to the gradient of the global-batch loss computed here
-  from the HF model's own logits, for SFT, RFT-sample and RFT-batch, on two splits each;
+  from the HF model's own logits, for SFT, RFT-sample and RFT-batch, on two splits each, and for
+  the fixed-weight and DFT baselines;
 * the labeling pass's every LD value against two plain HF forwards;
 * the collective-device audit (tests/collective_audit) on in every 2-rank launch: a collective
   called by rft-ds with a tensor made without device= fails the run (NCCL would crash on it).
@@ -28,6 +29,7 @@ from launchutil import ROOT, BIN, ds_launch, env, head_lines, metrics, plain, wr
 pytestmark = pytest.mark.launch
 AUDIT = {"RFT_DS_AUDIT_COLLECTIVES": "1", "PYTHONPATH": str(ROOT / "tests" / "collective_audit")}
 TAU = 2.0
+W_R = 0.3  # --loss weighted --w-reasoning
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,15 @@ def _softmax_w(lb, lr, nb, nr):
     return eb / (eb + er), er / (eb + er)
 
 
+def _fixed_w(nb, nr):
+    """--loss weighted: (1 - W_R, W_R); a class without tokens drops out (the other gets weight 1)."""
+    if nb == 0:
+        return 0.0, 1.0
+    if nr == 0:
+        return 1.0, 0.0
+    return 1.0 - W_R, W_R
+
+
 def _reference_grad(setup, loss: str, micro_steps: int) -> tuple[float, dict]:
     """The global-batch loss and its gradient, from the HF model's own forward, one sample at a time."""
     from transformers import AutoModelForCausalLM
@@ -86,12 +97,15 @@ def _reference_grad(setup, loss: str, micro_steps: int) -> tuple[float, dict]:
         ces.append(F.cross_entropy(logits[s["pos"]], s["ids"][s["pos"] + 1], reduction="none"))
     if loss == "sft":
         L = sum(ce.sum() for ce in ces) / sum(ce.numel() for ce in ces)
-    elif loss == "sample":
+    elif loss == "dft":  # each token's CE times its probability, a constant: p = exp(-CE) detached
+        L = sum((torch.exp(-ce.detach()) * ce).sum() for ce in ces) / sum(ce.numel() for ce in ces)
+    elif loss in ("sample", "weighted"):
         per = []
         for ce, s in zip(ces, samples):
             b, r = s["cls"] == 0, s["cls"] == 1
             lb, lr = ce[b].mean() if b.any() else 0.0, ce[r].mean() if r.any() else 0.0
-            wb, wr = _softmax_w(lb, lr, int(b.sum()), int(r.sum()))
+            nb, nr = int(b.sum()), int(r.sum())
+            wb, wr = _softmax_w(lb, lr, nb, nr) if loss == "sample" else _fixed_w(nb, nr)
             per.append(wb * lb + wr * lr)
         L = sum(per) / len(per)
     else:  # batch: weights from each micro-step's class totals over all ranks; sums over the step's counts
@@ -112,18 +126,19 @@ def _reference_grad(setup, loss: str, micro_steps: int) -> tuple[float, dict]:
     return float(L.detach()), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
-def _engine_grad(setup, name, ranks, mb, ga, extra=()) -> tuple[dict, dict]:
-    """Step 1 of a real launch with SGD at lr 1 and no clipping: the gradient is p0 - p1."""
+def _engine_grad(setup, name, ranks, mb, ga, extra=(), lr: float = 1.0) -> tuple[dict, dict]:
+    """Step 1 of a real launch with SGD at `lr` and no clipping: the gradient is (p0 - p1) / lr (a
+    large lr keeps a tiny gradient, such as DFT's on a random model, above fp32's rounding of p)."""
     from transformers import AutoModelForCausalLM
 
     out = setup["dir"] / f"{name}-{ranks}x{mb}x{ga}"
     args = ["train", "--model", setup["model"], "--data", setup["data"], "--output", out,
             "--deepspeed", setup["dir"] / "z3-all-sgd.json", "--micro-batch-size", mb, "--grad-accum", ga,
-            "--max-steps", 1, "--lr", 1.0, "--grad-clip", 0, "--logits-chunk", 16, "--seed", 7, *extra]
+            "--max-steps", 1, "--lr", lr, "--grad-clip", 0, "--logits-chunk", 16, "--seed", 7, *extra]
     ds_launch(args, nproc=ranks, extra_env=AUDIT if ranks > 1 else None)
     p0 = dict(AutoModelForCausalLM.from_pretrained(str(setup["model"]), dtype=torch.float32).named_parameters())
     p1 = dict(AutoModelForCausalLM.from_pretrained(str(out / "final"), dtype=torch.float32).named_parameters())
-    return metrics(out)[0], {n: (p0[n] - p1[n]).detach() for n in p0}
+    return metrics(out)[0], {n: ((p0[n] - p1[n]) / lr).detach() for n in p0}
 
 
 def _assert_grad_equal(got: dict, ref: dict) -> None:
@@ -170,6 +185,20 @@ def test_rft_batch_gradient_follows_each_micro_step_global_totals(setup):
     row, got = _engine_grad(setup, "rftb", 2, 2, 1, extra=_rft(setup, "batch"))
     assert abs(row["loss"] - L1) < 1e-5 * L1
     _assert_grad_equal(got, ref1)
+
+
+@pytest.mark.parametrize("loss", ["weighted", "dft"])
+def test_baseline_losses_gradient_equals_plain_hf_reference(setup, loss):
+    """The fixed-weight ablation (sample granularity) and DFT on 2 ranks x 1 x 2 micro-steps: the
+    engine's whole gradient equals the plain single-process one (their split equivalence across
+    more splits is tests/test_engine.py's). DFT's gradient on the random tiny model is scaled by
+    p ~ 1/vocab, so it is read back through a 1000x larger SGD step."""
+    L, ref = _reference_grad(setup, loss, 1)
+    extra = (["--loss", "weighted", "--w-reasoning", W_R, "--masks", setup["masks"]] if loss == "weighted"
+             else ["--loss", "dft", "--masks", setup["masks"]])
+    row, got = _engine_grad(setup, loss, 2, 1, 2, extra=extra, lr=1.0 if loss == "weighted" else 1000.0)
+    assert abs(row["loss"] - L) < 1e-5 * L
+    _assert_grad_equal(got, ref)
 
 
 def test_label_every_ld_equals_two_plain_hf_forwards(setup, tmp_path):

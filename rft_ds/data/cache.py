@@ -3,7 +3,8 @@
 Every pass (shad-train, label, train) needs the same tokenization of the same JSONL. Without a
 cache each rank of each launch reads and tokenizes all of it into Python lists (~64 bytes a token,
 measured). With it, one process per node tokenizes once with `datasets.Dataset.map(num_proc=N)`,
-and every rank memory-maps the result: the OS shares the pages between the ranks of a node.
+and every rank memory-maps the result (pyarrow alone: a reading rank does not import `datasets`): the
+OS shares the pages between the ranks of a node.
 
     <cache_dir>/<key>/data/      a `datasets` table (save_to_disk): one row per sample, in file order
     <cache_dir>/<key>/done.json  written last: the key's parts and the encode statistics
@@ -171,12 +172,15 @@ class EncodedTable(Sequence):
     per-token classes of the masks join compactly (1 byte a token)."""
 
     def __init__(self, target: Path, rows: list[int] | None = None):
-        import datasets
+        import pyarrow as pa
 
         self.path = Path(target)
-        self.table = datasets.load_from_disk(str(self.path / "data"))
-        self.rows = list(range(len(self.table))) if rows is None else rows
-        lengths = self.table["length"]
+        # the Arrow IPC stream files `save_to_disk` wrote, memory-mapped with pyarrow alone (a reading
+        # rank does not import `datasets`: ~2 s of start-up per process)
+        files = sorted((self.path / "data").glob("data-*.arrow"))
+        self.table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
+        self.rows = list(range(self.table.num_rows)) if rows is None else rows
+        lengths = self.table.column("length").to_pylist()
         self.lengths = [lengths[r] for r in self.rows]
         self._classes: list[array | None] = [None] * len(self.rows)
 
@@ -186,11 +190,14 @@ class EncodedTable(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        r = self.table[self.rows[i]]
+        r = self._row(self.rows[i])
         c = self._classes[i]
         return Encoded(id=r["id"], input_ids=r["input_ids"], msg_index=_msg_index(r["length"], r["loss_runs"]),
                        n_messages=r["n_messages"], assistant_messages=r["assistant_messages"],
                        truncated=r["truncated"], classes=None if c is None else c.tolist())
+
+    def _row(self, r: int) -> dict:
+        return self.table.slice(r, 1).to_pylist()[0]
 
     @property
     def ids(self) -> list[str]:
@@ -200,7 +207,7 @@ class EncodedTable(Sequence):
         self._classes[i] = array("b", classes)
 
     def column(self, name: str) -> list:
-        col = self.table[name]
+        col = self.table.column(name).to_pylist()
         return [col[r] for r in self.rows]
 
     def select(self, rows: list[int]) -> "EncodedTable":
@@ -222,7 +229,7 @@ def check_overflow(table: EncodedTable, data: str, max_seq_len: int | None) -> N
     """`--on-overflow error`: the first truncated sample, named by file and line as the reader does."""
     for i, t in enumerate(table.column("truncated")):
         if t:
-            r = table.table[table.rows[i]]
+            r = table._row(table.rows[i])
             raise DataError(data, r["line"], "messages", f"sample {r['id']!r} is longer than --max-seq-len "
                             f"{max_seq_len} tokens", "raise --max-seq-len, or pass --on-overflow truncate")
 
