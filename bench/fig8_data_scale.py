@@ -6,16 +6,19 @@
   cold    the tokenized cache is missing: rank 0 builds it (`--num-proc 2`), both ranks map it
   warm    the cache exists: both ranks memory-map it
 
-Peak memory is each rank's peak RSS (VmHWM of /proc/<pid>/status, polled every 0.1 s; the ranks
-leave with os._exit, so nothing can report it at exit), with its anonymous part (RssAnon: private
-Python objects) apart from file pages (RssFile: the memory-mapped table, shared by the ranks of a
-node and dropped by the kernel under pressure). Time to the first step is `elapsed_s` of step 1 in
-metrics.jsonl (from the start of `train`, after imports: data, model build, one step).
+Memory: each rank runs under bench/mem_probe.py, which records its anonymous memory (RssAnon after
+malloc_trim: private Python objects and tensors, not the file pages of the memory-mapped table, which
+the ranks of a node share and the kernel drops under pressure) when deepspeed.initialize returns:
+data loaded, engine built, before any step. Peak RSS over the whole launch (VmHWM, polled every
+0.1 s) is kept as a detail, but it is no measure of the data: it includes step 1, whose batch is a
+different draw of samples at each size (at 30k samples step 1 held 921 tokens, at 1k 419), and the
+step's activations and logits dominate it. Time to the first step is `startup_s` of metrics.jsonl
+(from the start of `train`, after imports, until step 1 begins: data and engine), for the same reason.
 
-Figures: the per-rank growth of anonymous memory in bytes per token of data between the 1k and
-100k launches (memory vs warm; target <= 4), the warm 100k launch's time to the first step over the
-warm 1k launch's (target <= 1.2), and tokenizing throughput of the cold build at --num-proc 2 over
-the in-memory single-process encode (target >= 1.7; this machine has 2 cores).
+Figures: the per-rank growth of anonymous memory in bytes per token of data between the smallest and
+largest launches (memory vs warm; target <= 4), the warm largest launch's start-up over the warm
+smallest one's (target <= 1.2), and tokenizing throughput of the cold build at --num-proc 2 over the
+in-memory single-process encode (target >= 1.7; this machine has 2 cores).
 
     .venv/bin/python bench/fig8_data_scale.py [--sizes 1000 20000 100000]
 """
@@ -54,15 +57,19 @@ def _ranks(root_pid: int) -> list[int]:
                 cmd = (p / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"rft_ds" in cmd and any(a.startswith(b"--local_rank") for a in cmd):
+            if (b"rft_ds" in cmd or any(a.endswith(b"mem_probe.py") for a in cmd)) and \
+                    any(a.startswith(b"--local_rank") for a in cmd):
                 pids.append(int(p.name))
     return pids
 
 
-def launch_measured(args: list[str], log: Path) -> dict:
-    """Run a 2-rank launch; poll every rank's memory until it exits. Returns per-rank peaks."""
+def launch_measured(args: list[str], log: Path, probe: Path) -> dict:
+    """Run a 2-rank launch under bench/mem_probe.py (files in `probe`); poll every rank's memory
+    until it exits. Returns the ranks' peaks and their anonymous memory once the engine is built."""
     port = free_port()
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "--module", "rft_ds", *args]
+    shutil.rmtree(probe, ignore_errors=True)
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port),
+           str(ROOT / "bench" / "mem_probe.py"), "--probe-out", str(probe), *args]
     peaks: dict[int, dict[str, int]] = {}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -87,9 +94,10 @@ def launch_measured(args: list[str], log: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"launch failed (rc {proc.returncode}): {' '.join(cmd)}\n{out[-4000:]}")
     ranks = sorted(peaks.values(), key=lambda d: -d.get("VmHWM", 0))[:2]
+    ready = [json.loads(f.read_text())["after_init_trimmed"] for f in sorted(probe.glob("rank*.json"))]
     return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss": max(r.get("VmHWM", 0) for r in ranks),
             "peak_anon": max(r.get("RssAnon", 0) for r in ranks), "peak_file": max(r.get("RssFile", 0) for r in ranks),
-            "out": out}
+            "ready_anon": max(r["RssAnon"] for r in ready), "out": out}
 
 
 def demo_data(n: int) -> Path:
@@ -109,10 +117,11 @@ def one(model: Path, data: Path, mode: str, cache: Path, out: Path) -> dict:
             "--cache-dir", str(cache), "--num-proc", "2", "--lr", "1e-5"]
     if mode == "memory":
         args.append("--no-cache")
-    r = launch_measured(args, out.parent / f"{out.name}.log")
+    r = launch_measured(args, out.parent / f"{out.name}.log", out.parent / f"{out.name}.probe")
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     run = json.loads((out / "run.json").read_text())
-    r.update(first_step_s=row["elapsed_s"], tokens=run["data"]["tokens"], samples=run["data"]["samples"])
+    r.update(startup_s=row["startup_s"], first_step_s=row["elapsed_s"], step1_input_tokens=row["input_tokens"],
+             tokens=run["data"]["tokens"], samples=run["data"]["samples"])
     if mode == "cold":
         done = json.loads(next(cache.glob("*/done.json")).read_text())
         r["build_s"], r["build_tokens"] = done["seconds"], done["tokens"]
@@ -146,22 +155,23 @@ def main() -> None:
         for mode in ("memory", "cold", "warm"):  # warm right after cold: the cache cold just built
             r = one(model, data, mode, cache, w / f"run-{n}-{mode}")
             res[f"{n}/{mode}"] = r
-            say(f"data scale {n} samples, {mode}: first step {r['first_step_s']:.1f}s, peak RSS "
-                f"{r['peak_rss'] / 2**20:.0f} MiB (anon {r['peak_anon'] / 2**20:.0f}, file {r['peak_file'] / 2**20:.0f})")
+            say(f"data scale {n} samples, {mode}: start-up {r['startup_s']:.1f}s, anon once ready "
+                f"{r['ready_anon'] / 2**20:.0f} MiB; launch peak RSS {r['peak_rss'] / 2**20:.0f} MiB (anon "
+                f"{r['peak_anon'] / 2**20:.0f}, file {r['peak_file'] / 2**20:.0f}; step 1: {r['step1_input_tokens']} tokens)")
     lo, hi = min(a.sizes), max(a.sizes)
     dtok = res[f"{hi}/warm"]["tokens"] - res[f"{lo}/warm"]["tokens"]
-    per_tok = {m: (res[f"{hi}/{m}"]["peak_anon"] - res[f"{lo}/{m}"]["peak_anon"]) / dtok for m in ("memory", "warm")}
+    per_tok = {m: (res[f"{hi}/{m}"]["ready_anon"] - res[f"{lo}/{m}"]["ready_anon"]) / dtok for m in ("memory", "warm")}
     per_tok_rss = {m: (res[f"{hi}/{m}"]["peak_rss"] - res[f"{lo}/{m}"]["peak_rss"]) / dtok for m in ("memory", "warm")}
-    first = res[f"{hi}/warm"]["first_step_s"] / res[f"{lo}/warm"]["first_step_s"]
+    first = res[f"{hi}/warm"]["startup_s"] / res[f"{lo}/warm"]["startup_s"]
     rate_mem = encode_rate(model, demo_data(hi))
     rate_cold = res[f"{hi}/cold"]["build_tokens"] / res[f"{hi}/cold"]["build_s"]
-    detail = {"runs": res, "anon_bytes_per_token": per_tok, "rss_bytes_per_token": per_tok_rss,
+    detail = {"runs": res, "anon_bytes_per_token": per_tok, "peak_rss_bytes_per_token": per_tok_rss,
               "encode_tokens_per_s_one_process": round(rate_mem), "cold_build_tokens_per_s": round(rate_cold)}
     save_figure("fig8_rank_bytes_per_token", per_tok["warm"], "<= 4", detail)
     save_figure("fig8_warm_first_step_ratio", first, "<= 1.2", {"sizes": [lo, hi]})
     save_figure("fig8_cold_build_speedup", rate_cold / rate_mem, ">= 1.7", {"num_proc": 2})
     print(json.dumps({k: v for k, v in detail.items() if k != "runs"}, indent=2))
-    print(f"warm first-step ratio {hi}/{lo}: {first:.2f}; cold build at 2 procs / one-process encode: "
+    print(f"warm start-up ratio {hi}/{lo}: {first:.2f}; cold build at 2 procs / one-process encode: "
           f"{rate_cold / rate_mem:.2f}")
 
 

@@ -116,25 +116,29 @@ def main() -> None:
             rec.setdefault("after_step_trimmed", []).append(status(trimmed=True))
             if "counts" not in rec:
                 rec["counts"] = ds_counts(engine)
+            dump()
             return r
 
         engine.step = step
         reset_peak()
+        dump()
         return res
 
     deepspeed.initialize = initialize
 
-    def dump():
+    def dump():  # rewritten whole at each point (init, every step), so the last one is complete
         if rec["after_step"]:
             rec["step_peak"] = {"VmHWM": max(s["VmHWM"] for s in rec["after_step"])}
             if torch.cuda.is_available():
                 rec["step_peak"]["cuda_max_allocated"] = max(s["cuda_max_allocated"] for s in rec["after_step"])
         rec["time"] = time.time()
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        path = os.path.join(out_dir, f"rank{rank}.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(rec, f, indent=2)
+        os.replace(path + ".tmp", path)
 
-    atexit.register(dump)
+    atexit.register(dump)  # a world of one; with peers the command leaves with os._exit: dumped as it goes
     rc = rft_ds.cli.main(args)
     sys.exit(rc or 0)
 

@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "rft_ds.demo.generate",     # demo-data
     "rft_ds.demo.warmup",       # demo-warmup-data
     "rft_ds.demo.report",       # demo-report
+    "rft_ds.demo.compare",      # compare-report
 ]
 
 

@@ -18,10 +18,12 @@ DEFAULT_MAX_SEQ_LEN = 4096
 DEFAULT_LOGITS_CHUNK = 1024  # loss positions per lm_head call; = estimate-memory --loss-chunk-tokens
 DEFAULT_TIMEOUT_MIN = 120.0  # process-group timeout: long enough for rank 0 to write a 140 GB save
 DEFAULT_LOG_EVERY_S = 30.0
+DEFAULT_DATA_SPLIT = "train"  # --data-split: the split of a Hugging Face data set (rft_ds/data/sources.py)
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-LOSSES = ("sft", "rft", "weighted", "dft")  # docs/losses.md
+LOSSES = ("sft", "rft", "weighted", "dft", "rho1")  # docs/losses.md
 CLASS_LOSSES = ("rft", "weighted")          # the losses that weight the SHAD classes: they need --masks
 DEFAULT_W_REASONING = 0.5  # --loss weighted: equal class weights, RFT's tau -> infinity limit
+DEFAULT_KEEP_RATIO = 0.6   # --loss rho1: Rho-1's 60% of tokens (Lin et al. 2024)
 
 
 def default_of(cls, name: str):
@@ -35,9 +37,10 @@ def default_of(cls, name: str):
 @dataclass
 class TrainConfig:
     model: str
-    data: str
+    data: str                            # a --data spec: file, directory, glob or hub name (rft_ds/data/sources.py)
     output: str
     deepspeed: str | None = None
+    data_split: str = DEFAULT_DATA_SPLIT  # the split when --data is a Hugging Face data set
     micro_batch_size: int | None = None  # None: from the ds_config, else 1
     grad_accum: int | None = None        # None: from the ds_config, else 1
     max_steps: int | None = None
@@ -48,7 +51,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"         # cosine | linear | constant
     grad_clip: float | None = None       # None: the JSON's gradient_clipping, else 1.0
     seed: int = 42
-    loss: str = "sft"                    # sft | rft | weighted | dft (LOSSES)
+    loss: str = "sft"                    # sft | rft | weighted | dft | rho1 (LOSSES)
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     on_overflow: str = "truncate"        # truncate | error
     save_steps: int = 0                  # 0: only the final save
@@ -76,6 +79,9 @@ class TrainConfig:
     detach_weights: bool = True
     missing_masks: str = "error"         # error | sft
     w_reasoning: float = DEFAULT_W_REASONING  # --loss weighted: w_r = A, w_b = 1 - A
+    # Rho-1
+    reference: str | None = None         # --loss rho1: the reference model (HF directory, same tokenizer)
+    keep_ratio: float = DEFAULT_KEEP_RATIO  # --loss rho1: share of the global batch's loss tokens trained on
     # SHAD tuning
     shuffle_fraction: float | None = None
     shuffle_seed: int = 0
@@ -106,6 +112,11 @@ class TrainConfig:
             raise ConfigError("--tau must be > 0")
         if not 0.0 <= self.w_reasoning <= 1.0:
             raise ConfigError("--w-reasoning must be in [0, 1]")
+        if (self.loss == "rho1") != (self.reference is not None):
+            raise ConfigError("--loss rho1 needs --reference (the reference model directory)" if self.loss == "rho1"
+                              else "--reference is used only with --loss rho1")
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ConfigError("--keep-ratio must be in (0, 1]")
         if self.loss in CLASS_LOSSES and self.rft_granularity == "batch" and self.missing_masks == "sft":
             raise ConfigError("--missing-masks sft is supported with --rft-granularity sample only")
         if self.resume and self.overwrite:
@@ -122,8 +133,9 @@ class LabelConfig:
     """`rft-ds label`: the SHAD labeling pass, or (--method regex) labels from a boilerplate regex."""
     base: str
     shad: str | None                     # required with --method shad; unused by --method regex
-    data: str
+    data: str                            # a --data spec, as TrainConfig's
     output: str
+    data_split: str = DEFAULT_DATA_SPLIT
     batch_size: int = 8                  # samples per forward pass per rank
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     on_overflow: str = "truncate"        # truncate | error

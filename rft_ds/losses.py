@@ -1,5 +1,5 @@
-"""Pure loss functions on tensors: token cross-entropy, SFT, RFT, fixed weights, DFT. No process group
-needed. The four losses, their sources and flags: docs/losses.md.
+"""Pure loss functions on tensors: token cross-entropy, SFT, RFT, fixed weights, DFT, Rho-1. No process
+group needed. The five losses, their sources and flags: docs/losses.md.
 
 Normalisation (why the global batch comes out exact):
   A global batch is every micro-batch of every data-parallel rank in one optimizer step.
@@ -29,9 +29,16 @@ Normalisation (why the global batch comes out exact):
     DFT:          part = sum over the rank's loss tokens of  p_t CE_t  with p_t = exp(-CE_t) detached (the
                   model's probability of the target), D = loss tokens in the global batch (as SFT).
                   Since p grad(CE) = -grad(p), the gradient is that of -(sum_t p_t) / D.
+    Rho-1:        x_t = CE_t - CE_ref_t (the excess loss over a reference model, both detached, from no-grad
+                  forwards before the step's first backward); every rank gathers the step's x_t, so all
+                  agree on the threshold T = the k-th largest, k = round(K N). part = sum of CE_t over the
+                  rank's tokens with x_t >= T, D = the number of such tokens in the global batch (k, or
+                  more where tokens tie with T): SFT over the selected tokens.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -164,3 +171,24 @@ def dft_token_loss(ce: torch.Tensor) -> torch.Tensor:
     constant weight (Wu et al. 2025, arXiv 2508.05629; TRL's loss_type="dft", LLaMA-Factory's
     use_dft_loss). Its gradient is p_t grad(CE_t) = -grad(p_t). [N] -> [N]."""
     return torch.exp(-ce.detach()) * ce
+
+
+def rho1_keep_count(n_tokens: int, keep_ratio: float) -> int:
+    """Tokens Rho-1 keeps of `n_tokens`: round(K N), at least 1 (none of none)."""
+    if n_tokens <= 0:
+        return 0
+    return min(n_tokens, max(1, math.floor(keep_ratio * n_tokens + 0.5)))
+
+
+def rho1_threshold(excess: torch.Tensor, keep_ratio: float) -> tuple[float, int]:
+    """The global batch's Rho-1 selection from every token's excess loss (the step's, all ranks; -inf
+    entries are padding and never count): (T, n_kept) with T the k-th largest excess, k =
+    `rho1_keep_count`, and n_kept the tokens with excess >= T (ties with T are all kept). With no
+    tokens: (inf, 0)."""
+    x = excess.detach().flatten()
+    n = int(torch.isfinite(x).sum())
+    k = rho1_keep_count(n, keep_ratio)
+    if k == 0:
+        return math.inf, 0
+    thr = float(torch.topk(x, k).values[-1])
+    return thr, int((x >= thr).sum())

@@ -39,49 +39,62 @@ def claim_output(held: list[Path], clear: list[Path], *, overwrite: bool, refusa
 
 
 class CacheSpec(NamedTuple):
+    """How a pass gets its tokenized data: the cache flags, and --data-split (a hub data set's split)."""
     use: bool = True
     dir: str | None = None    # None: $RFT_DS_CACHE_DIR or ~/.cache/rft-ds/tokenized
     num_proc: int = 1
+    split: str = "train"      # --data-split: used when --data names a Hugging Face data set
 
     @classmethod
     def of(cls, cfg) -> "CacheSpec":
-        return cls(not cfg.no_cache, cfg.cache_dir, cfg.num_proc)
+        return cls(not cfg.no_cache, cfg.cache_dir, cfg.num_proc, cfg.data_split)
 
 
 def tokenized(data: str, tok, max_seq_len: int | None, on_overflow: str, cache: CacheSpec,
               keep_empty: bool = False):
-    """Every sample of `data` encoded (a sequence of Encoded with `.lengths`) and EncodeStats.
-    Samples that truncation left without a loss token are dropped unless `keep_empty` (label keeps
-    them: its records cover every input id). `on_overflow="error"` raises at the first truncated
-    sample, naming its file and line, either way."""
+    """Every sample of `data` (a --data spec: rft_ds/data/sources.py) encoded (a sequence of
+    Encoded with `.lengths`) and EncodeStats. Samples that truncation left without a loss token are
+    dropped unless `keep_empty` (label keeps them: its records cover every input id).
+    `on_overflow="error"` raises at the first truncated sample, naming its file and line, either way."""
     from rft_ds.data.cache import check_overflow, stats_of
-    from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_dataset
+    from rft_ds.data.sources import read_source, resolve
 
+    source = resolve(data, cache.split)
     if not cache.use:
-        return encode_dataset(read_conversations(data), tok, max_seq_len, on_overflow, keep_empty=keep_empty)
-    table = _shared_cache(data, tok, max_seq_len, cache)
+        return encode_dataset(read_source(source), tok, max_seq_len, on_overflow, keep_empty=keep_empty)
+    table = _shared_cache(source, tok, max_seq_len, cache)
     if on_overflow == "error":
-        check_overflow(table, data, max_seq_len)
+        check_overflow(table, source, max_seq_len)
     keep = list(range(len(table))) if keep_empty else \
         [i for i, n in enumerate(table.column("n_loss_tokens")) if n > 0]
     if not keep:
-        raise DataError(data, None, None, "no sample has an assistant token left after truncation",
+        raise DataError(source.describe(), None, None, "no sample has an assistant token left after truncation",
                         "raise --max-seq-len")
     return table.select(keep), stats_of(table, keep)
 
 
-def _shared_cache(data: str, tok, max_seq_len: int | None, spec: CacheSpec):
+def _shared_cache(data, tok, max_seq_len: int | None, spec: CacheSpec):
     """Rank 0 builds a missing cache; then the local rank 0 of any node that still does not see it
     (no shared filesystem); then every rank opens it. A builder's error is raised on every rank."""
     from rft_ds.data import cache
 
-    key = dist.broadcast_object(cache.cache_key(data, tok, max_seq_len) if dist.is_main() else None)
+    key = err = None
+    if dist.is_main():  # reads every file (or loads the hub data set): rank 0 alone
+        try:
+            key = cache.cache_key(data, tok, max_seq_len)
+        except RftDsError as e:
+            err = e
+    key, msg = dist.broadcast_object((key, None if err is None else str(err)))
+    if err is not None:
+        raise err
+    if msg:
+        raise RftDsError(msg)
     target = Path(spec.dir or cache.default_cache_dir()) / key
     for builds in (dist.is_main(), dist.local_rank() == 0 and not dist.is_main()):
         err = None
         if builds and not cache.is_complete(target):
-            print(f"data: rank {dist.rank()} tokenizing {data} into {target} (once: later launches reuse it)",
+            print(f"data: rank {dist.rank()} tokenizing {data.describe()} into {target} (once: later launches reuse it)",
                   flush=True)
             try:
                 cache.build_cache(data, tok, max_seq_len, target, spec.num_proc)

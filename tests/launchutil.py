@@ -68,3 +68,19 @@ def head_lines(src: str | Path, dst: str | Path, n: int) -> Path:
     lines = Path(src).read_text().splitlines(keepends=True)[:n]
     Path(dst).write_text("".join(lines))
     return Path(dst)
+
+
+def perturbed_copy(src: str | Path, dst: str | Path, seed: int, scale: float = 0.05) -> Path:
+    """A second model with the same tokenizer and different weights (Rho-1's reference in tests):
+    every parameter of `src` plus `scale` x its own std x Gaussian noise, saved to `dst`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * float(p.std() if p.numel() > 1 else 1.0))
+    model.save_pretrained(str(dst))
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dst))
+    return Path(dst)

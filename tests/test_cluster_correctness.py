@@ -8,7 +8,7 @@ and against independent references (plain Hugging Face + PyTorch in this process
 * the engine's whole step-1 gradient vector, read back from a 1-step SGD run (lr 1, no clipping:
   the saved weights are p0 - g), equal to the gradient of the global-batch loss computed here
   from the HF model's own logits, for SFT, RFT-sample and RFT-batch, on two splits each, and for
-  the fixed-weight and DFT baselines;
+  the fixed-weight, DFT and Rho-1 baselines (Rho-1 with its reference model, partitioned too);
 * the labeling pass's every LD value against two plain HF forwards;
 * the collective-device audit (tests/collective_audit) on in every 2-rank launch: a collective
   called by rft-ds with a tensor made without device= fails the run (NCCL would crash on it).
@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from launchutil import ROOT, BIN, ds_launch, env, head_lines, metrics, plain, write_random_masks
+from launchutil import ROOT, BIN, ds_launch, env, head_lines, metrics, perturbed_copy, plain, write_random_masks
 
 pytestmark = pytest.mark.launch
 AUDIT = {"RFT_DS_AUDIT_COLLECTIVES": "1", "PYTHONPATH": str(ROOT / "tests" / "collective_audit")}
@@ -198,6 +198,42 @@ def test_baseline_losses_gradient_equals_plain_hf_reference(setup, loss):
              else ["--loss", "dft", "--masks", setup["masks"]])
     row, got = _engine_grad(setup, loss, 2, 1, 2, extra=extra, lr=1.0 if loss == "weighted" else 1000.0)
     assert abs(row["loss"] - L) < 1e-5 * L
+    _assert_grad_equal(got, ref)
+
+
+def test_rho1_gradient_equals_plain_hf_reference(setup):
+    """Rho-1 on 2 ranks x 1 x 2 micro-steps, model and reference partitioned: the kept tokens are the
+    top round(K N) of all 4 samples' excess losses CE - CE_ref (from two plain HF forwards here),
+    and the engine's whole gradient equals that of their mean CE."""
+    from transformers import AutoModelForCausalLM
+
+    ref_dir = setup["dir"] / "rho1-reference"
+    if not ref_dir.exists():
+        perturbed_copy(setup["model"], ref_dir, seed=11, scale=0.3)
+    model = AutoModelForCausalLM.from_pretrained(str(setup["model"]), dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(str(ref_dir), dtype=torch.float32)
+    ces, excess = [], []
+    for s in _samples(setup):
+        tgt = s["ids"][s["pos"] + 1]
+        ce = F.cross_entropy(model(input_ids=s["ids"].unsqueeze(0)).logits[0][s["pos"]], tgt, reduction="none")
+        with torch.no_grad():
+            ce_ref = F.cross_entropy(reference(input_ids=s["ids"].unsqueeze(0)).logits[0][s["pos"]], tgt,
+                                     reduction="none")
+        ces.append(ce)
+        excess += (ce.detach() - ce_ref).tolist()
+    k = round(0.5 * len(excess))
+    thr = sorted(excess, reverse=True)[k - 1]
+    keep = torch.tensor(excess) >= thr
+    ce_all = torch.cat(ces)
+    L = ce_all[keep].sum() / keep.sum()
+    L.backward()
+    L = float(L.detach())
+    ref = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    row, got = _engine_grad(setup, "rho1", 2, 1, 2, extra=["--loss", "rho1", "--reference", ref_dir,
+                                                          "--keep-ratio", 0.5])
+    assert row["kept"] * row["tokens"] == pytest.approx(int(keep.sum()))
+    assert abs(row["loss"] - L) < 1e-5 * L
+    assert abs(row["sft_loss"] - float(ce_all.mean())) < 1e-5 * float(ce_all.mean())
     _assert_grad_equal(got, ref)
 
 

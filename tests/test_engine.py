@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from launchutil import ROOT, ds_launch, head_lines, metrics, plain, rel, write_random_masks
+from launchutil import ROOT, ds_launch, head_lines, metrics, perturbed_copy, plain, rel, write_random_masks
 
 pytestmark = pytest.mark.launch
 SPLITS = [(1, 4, 1), (2, 2, 1), (1, 2, 2), (2, 1, 2)]  # ranks x micro-batch x accumulation
@@ -96,6 +96,21 @@ def test_dft_equal_across_splits(setup):
     r = rows[0]
     # p CE < CE token by token (p = exp(-CE) < 1): the objective lies below the token-mean CE
     assert 0 < r["loss"] < r["sft_loss"] and "w_b" not in r
+
+
+def test_rho1_equal_across_splits(setup):
+    """Rho-1 keeps the top K of the global batch's tokens by excess loss over a reference model: the
+    same tokens, loss and gradient whether the step is split over ranks or accumulation steps (the
+    accumulation split takes the extra no-grad forward that sees the whole step first)."""
+    ref = setup["dir"] / "rho1-reference"
+    if not ref.exists():
+        perturbed_copy(setup["model"], ref, seed=5, scale=0.3)
+    rows = [_step1(setup, "rho1", *s, extra=["--loss", "rho1", "--reference", ref, "--keep-ratio", 0.6])
+            for s in [(1, 4, 1), (2, 2, 1), (2, 1, 2)]]
+    _assert_same(rows, keys=("loss", "grad_norm", "sft_loss", "kept", "excess_threshold"))
+    r = rows[0]
+    assert abs(r["kept"] * r["tokens"] - round(0.6 * r["tokens"])) < 0.5  # round(K N) tokens, no ties here
+    assert r["loss"] != r["sft_loss"]
 
 
 def test_masks_mismatch_and_missing_are_clear_errors(setup, tmp_path):

@@ -757,7 +757,7 @@ def twins(tmp_path_factory, tiny_dir):
 
 def _strip(rows):
     # wall-clock fields differ between identical runs; everything computed must not
-    clock = {"elapsed_s", "step_time_s", "tokens_per_s", "samples_per_s", "mfu"}
+    clock = {"elapsed_s", "step_time_s", "tokens_per_s", "samples_per_s", "mfu", "startup_s"}
     return [{k: v for k, v in r.items() if k not in clock} for r in rows]
 
 

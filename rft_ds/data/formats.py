@@ -8,6 +8,8 @@ model's own tool call is an output it must learn), observation->tool. A sample w
 `<file stem>-<line>` (1-based line), stable as long as the file is not edited above it.
 
 Every sample must have at least one non-empty assistant message; ids must be unique in a file.
+`--data` (a file, Parquet, a directory, a glob, a hub data set) is resolved by rft_ds/data/sources.py,
+which reads JSONL files here and validates Parquet rows with `parse_sample`.
 """
 
 from __future__ import annotations
@@ -85,13 +87,15 @@ def _parse_messages(obj: dict, path: str, line: int) -> list[dict]:
     return out
 
 
-def parse_sample(obj, path: str, line: int) -> Conversation:
+def parse_sample(obj, path: str, line: int, stem: str | None = None) -> Conversation:
+    """One sample (a JSON line, or a row of a Parquet file or Hugging Face data set: rft_ds/data/
+    sources.py); without an id it gets `<stem>-<line>`, stem defaulting to the file's."""
     if not isinstance(obj, dict):
         raise DataError(path, line, None, f"each line must be a JSON object, got {type(obj).__name__}")
     messages = _parse_messages(obj, path, line)
     sid = obj.get("id")
     if sid is None:
-        sid = f"{Path(path).stem}-{line}"
+        sid = f"{Path(path).stem if stem is None else stem}-{line}"
     elif not isinstance(sid, (str, int)) or isinstance(sid, bool) or str(sid) == "":
         raise DataError(path, line, "id", f"must be a non-empty string, got {sid!r}")
     return Conversation(id=str(sid), messages=messages, path=str(path), line=line)
@@ -102,17 +106,23 @@ def iter_conversations(path: str | os.PathLike) -> Iterator[Conversation]:
     path = str(path)
     if not os.path.exists(path):
         raise DataError(path, None, None, "file not found")
-    seen: dict[str, int] = {}
     # -sig: a byte-order mark some editors write is skipped
-    for lineno, obj in iter_jsonl(path, lambda line, msg: DataError(path, line, None, msg), encoding="utf-8-sig"):
-        conv = parse_sample(obj, path, lineno)
+    lines = iter_jsonl(path, lambda line, msg: DataError(path, line, None, msg), encoding="utf-8-sig")
+    yield from unique_samples((parse_sample(obj, path, n) for n, obj in lines), path, "line", "empty file: no samples")
+
+
+def unique_samples(convs: Iterator[Conversation], path: str, unit: str, empty: str) -> Iterator[Conversation]:
+    """The samples of one file (`unit`: "line" or "row", as `Conversation.line` counts), checking that
+    ids are unique in it and that it has at least one (else DataError `empty`)."""
+    seen: dict[str, int] = {}
+    for conv in convs:
         if conv.id in seen:
-            raise DataError(path, lineno, "id", f"duplicate id {conv.id!r} (first on line {seen[conv.id]})",
+            raise DataError(path, conv.line, "id", f"duplicate id {conv.id!r} (first on {unit} {seen[conv.id]})",
                             "ids must be unique: masks are joined by id")
-        seen[conv.id] = lineno
+        seen[conv.id] = conv.line
         yield conv
     if not seen:
-        raise DataError(path, None, None, "empty file: no samples")
+        raise DataError(path, None, None, empty)
 
 
 def read_conversations(path: str | os.PathLike) -> list[Conversation]:

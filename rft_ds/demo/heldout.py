@@ -1,17 +1,23 @@
-"""Part 2 of `rft-ds demo-report`: the SFT and RFT runs on the held-out split. Teacher-forced
-next-token accuracy and mean cross-entropy by true role (`teacher_forced`), the tool-call turns that
-greedy generation is scored on (`call_turn_samples`), and the per-metric summary over seeds
-(`summarize_seeds`): mean ± sample std of each run and of the per-seed RFT - SFT differences."""
+"""Part 2 of `rft-ds demo-report` and the measurement of `rft-ds compare-report`: training runs on
+the held-out split. The held-out encodings with every loss token's true role (`heldout_encodings`),
+the tool-call turns that greedy generation is scored on (`call_turn_samples`, written by
+`write_call_samples`), one run's measurement (`measure_run`: teacher-forced next-token accuracy and
+mean cross-entropy by true role, `teacher_forced`, plus the tool-call metrics of greedy generation),
+and demo-report's per-metric summary over seeds (`summarize_seeds`): mean ± sample std of each run
+and of the per-seed RFT - SFT differences."""
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from rft_ds.demo.stats import ratio, spread
-from rft_ds.errors import ConfigError
+from rft_ds.demo.truths import token_truth
+from rft_ds.errors import ConfigError, DataError
 
 RUNS = ("sft", "rft")
+MAX_NEW_TOKENS_SLACK = 8  # auto --max-new-tokens = the longest reference call turn (tokens) + this
 
 # (key in report.json, label in report.md, higher is better)
 HELDOUT_METRICS = [
@@ -101,3 +107,87 @@ def summarize_seeds(per_run: dict[str, dict[str, dict]], seeds: list[int]) -> di
         diffs = [b - a if a is not None and b is not None else None for a, b in zip(vals["sft"], vals["rft"])]
         out[key] = {"sft": spread(vals["sft"]), "rft": spread(vals["rft"]), "rft_minus_sft": spread(diffs)}
     return out
+
+
+def heldout_encodings(heldout_path, roles_path, tok, roles: dict, max_samples: int | None) -> tuple[list, list]:
+    """The held-out conversations (the first `max_samples`) and their encodings, `classes` set to the
+    true role of every loss token (`roles`: read_roles(roles_path))."""
+    from rft_ds.data.formats import read_conversations
+
+    heldout = read_conversations(heldout_path)
+    if max_samples is not None:
+        heldout = heldout[:max_samples]
+    encs = []
+    for c in heldout:
+        if c.id not in roles:
+            raise DataError(str(roles_path), None, None, f"no ground-truth roles for held-out sample {c.id!r}")
+        enc, _, classes = token_truth(c, tok, roles[c.id])
+        enc.classes = classes
+        encs.append(enc)
+    return heldout, encs
+
+
+def longest_call_turn(heldout: list, encs: list, calls: list[dict]) -> int:
+    """Tokens of the longest held-out assistant turn that makes a tool call."""
+    call_ids = {s["id"] for s in calls}
+    return max(sum(1 for mi in e.msg_index if mi == k) for c, e in zip(heldout, encs)
+               for k in range(len(c.messages)) if f"{c.id}@{k}" in call_ids)
+
+
+def write_call_samples(heldout: list, encs: list, heldout_path, eval_dir: Path,
+                       max_new_tokens: int | None) -> tuple[list[dict], Path, int]:
+    """The tool-call turns of `heldout` written to EVAL_DIR/heldout-calls.jsonl: (samples, that path,
+    the generation limit: `max_new_tokens`, or the longest call turn + MAX_NEW_TOKENS_SLACK)."""
+    from rft_ds.fsio import atomic_write, dumps_line
+
+    calls = call_turn_samples(heldout)
+    if not calls:
+        raise DataError(str(heldout_path), None, None, "no assistant turn with a tool call to evaluate")
+    if max_new_tokens is None:
+        max_new_tokens = longest_call_turn(heldout, encs, calls) + MAX_NEW_TOKENS_SLACK
+    calls_path = Path(eval_dir) / "heldout-calls.jsonl"
+    with atomic_write(calls_path) as f:
+        for s in calls:
+            f.write(dumps_line(s))
+    return calls, calls_path, max_new_tokens
+
+
+def run_model_dir(run_dir) -> str:
+    """The model a training run produced: final/, or final-merged/ where a LoRA run's --merge-lora
+    wrote the full model beside its adapter."""
+    run_dir = Path(run_dir)
+    return str(run_dir / "final-merged" if (run_dir / "final-merged").is_dir() else run_dir / "final")
+
+
+def check_run_tokenizer(model_dir: str, fp: str, heldout: list, encs: list, base) -> None:
+    """A run's tokenizer must encode the held-out data as the base model's (fingerprint `fp`) does."""
+    from rft_ds.data.render import encode_conversation, tokenizer_fingerprint
+    from rft_ds.modeling import load_tokenizer
+
+    mtok = load_tokenizer(model_dir)
+    if tokenizer_fingerprint(mtok) != fp:
+        for c, e in zip(heldout, encs):
+            if encode_conversation(c, mtok).input_ids != e.input_ids:
+                raise ConfigError(f"{model_dir}: its tokenizer encodes held-out sample {c.id!r} differently "
+                                  f"from the base model's ({base}); the runs must fine-tune the base")
+
+
+def measure_run(model_dir: str, encs: list, calls_path, out_jsonl, max_new_tokens: int, batch_size: int,
+                eval_dtype: str, pad_id: int, device, timing: dict | None = None) -> dict:
+    """One run on the held-out split: `teacher_forced` on `encs` (tokens, accuracy and CE by true role)
+    plus the tool-call metrics of greedy generation (`rft_ds.tools.evaluate.evaluate`) on the call
+    turns in `calls_path`, per-sample results in `out_jsonl`. `timing` (if given) gets
+    teacher_forced_s and generation_s."""
+    from rft_ds.tools.evaluate import evaluate
+
+    t1 = time.time()
+    tf = teacher_forced(model_dir, encs, pad_id, batch_size, device, dtype=eval_dtype)
+    t2 = time.time()
+    ev = evaluate(model_dir, str(calls_path), max_new_tokens=max_new_tokens, output=str(out_jsonl),
+                  batch_size=batch_size, dtype=eval_dtype, quiet=True)
+    if timing is not None:
+        timing.update(teacher_forced_s=t2 - t1, generation_s=time.time() - t2)
+    return {**tf, "call_exact_match": ev["call_exact_match"], "name_accuracy": ev["name_accuracy"],
+            "args_exact_match": ev["args_exact_match"], "turn_exact_match": ev["exact_match"],
+            "parse_failure_rate": ev["parse_failure_rate"], "samples_with_call": ev["samples_with_call"],
+            "hit_max_new_tokens": ev.get("hit_max_new_tokens", 0)}

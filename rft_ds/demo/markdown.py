@@ -22,7 +22,7 @@ def _pm(s: dict, signed: bool = False) -> str:
     return fmt(s["mean"], signed=signed) + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -51,11 +51,11 @@ def report_header(rep: dict) -> str:
                     "data's template, so SHAD and both fine-tunes start from the same pretrained weights.", ""]
     if rep.get("settings"):
         out += ["Budget of this run (`recipes/demo/run.sh` variables):", "",
-                _table(["setting", "value"], [[f"`{k}`", f"`{v}`"] for k, v in rep["settings"].items()]), ""]
+                md_table(["setting", "value"], [[f"`{k}`", f"`{v}`"] for k, v in rep["settings"].items()]), ""]
     if rep.get("phase_timings_s"):
         rows = [[name, f"{sec:.0f}"] for name, sec in rep["phase_timings_s"]]
         rows.append(["total (phases so far)", f"{sum(x for _, x in rep['phase_timings_s']):.0f}"])
-        out += ["Wall time per phase (seconds, this machine):", "", _table(["phase", "s"], rows), ""]
+        out += ["Wall time per phase (seconds, this machine):", "", md_table(["phase", "s"], rows), ""]
 
     return "\n".join(out)
 
@@ -101,7 +101,7 @@ def _agreement_tables(ag: dict) -> list[str]:
             ("share of tokens that are reasoning (truth)", "true_reasoning_share", False),
             ("mean LD of true reasoning tokens (nats)", "mean_ld_true_reasoning", True),
             ("mean LD of true boilerplate tokens (nats)", "mean_ld_true_boilerplate", True)]
-    out = [_table(["metric", "semantic truth", "prefix-aware truth", "needs-input truth"],
+    out = [md_table(["metric", "semantic truth", "prefix-aware truth", "needs-input truth"],
                    [[name, fmt(ag.get(k), signed=sg), fmt(pa.get(k), signed=sg), fmt(ni.get(k), signed=sg)]
                     for name, k, sg in keys])]
     bd = ni.get("breakdown")
@@ -117,7 +117,7 @@ def _agreement_tables(ag: dict) -> list[str]:
                 "the base model has never seen them, so SHAD cannot tell these tokens from boilerplate."]
     out += ["", "Confusion (tokens; semantic / prefix-aware / needs-input truth):", ""]
     cs = [x["confusion"] for x in (ag, pa, ni)]
-    out += [_table(["", "SHAD: reasoning", "SHAD: boilerplate"],
+    out += [md_table(["", "SHAD: reasoning", "SHAD: boilerplate"],
                    [["true reasoning", " / ".join(str(c["tp"]) for c in cs), " / ".join(str(c["fn"]) for c in cs)],
                     ["true boilerplate", " / ".join(str(c["fp"]) for c in cs), " / ".join(str(c["tn"]) for c in cs)]]),
             ""]
@@ -143,7 +143,7 @@ def _heldout_runs(rep: dict) -> list[str]:
         for r in RUNS:
             m = ho["runs"][r][str(s)]
             rows.append([str(s), r.upper()] + [fmt(m.get(k)) for k, _ in short])
-    out += [_table(["seed", "run"] + [h for _, h in short], rows), ""]
+    out += [md_table(["seed", "run"] + [h for _, h in short], rows), ""]
     n = len(seeds)
     spread_txt = ("mean ± sample standard deviation (n−1) over " if n > 1 else "the single ") + \
         f"seed{'s' if n > 1 else ''} {', '.join(map(str, seeds))}"
@@ -152,7 +152,7 @@ def _heldout_runs(rep: dict) -> list[str]:
     for key, label, _ in HELDOUT_METRICS:
         sm = ho["summary"][key]
         rows.append([label, _pm(sm["sft"]), _pm(sm["rft"]), _pm(sm["rft_minus_sft"], signed=True)])
-    out += [_table(["metric", "SFT", "RFT", "RFT − SFT"], rows), ""]
+    out += [md_table(["metric", "SFT", "RFT", "RFT − SFT"], rows), ""]
     return out
 
 

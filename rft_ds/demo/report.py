@@ -41,10 +41,11 @@ import time
 from pathlib import Path
 
 from rft_ds.demo.agreement import three_truths
-from rft_ds.demo.heldout import RUNS, call_turn_samples, summarize_seeds, teacher_forced
+from rft_ds.demo.heldout import (MAX_NEW_TOKENS_SLACK, RUNS, check_run_tokenizer, heldout_encodings, measure_run,
+                                  run_model_dir, summarize_seeds, write_call_samples)
 from rft_ds.demo.markdown import fmt, render_markdown
-from rft_ds.demo.truths import read_roles, token_truth
-from rft_ds.errors import ConfigError, DataError, MasksError
+from rft_ds.demo.truths import read_roles
+from rft_ds.errors import ConfigError, MasksError
 
 
 DEFAULT_DEMO_DIR = "outputs/demo"
@@ -52,7 +53,6 @@ DEFAULT_DATA_DIR = "data/demo"
 DEFAULT_SEEDS = [0, 1]
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_VIEW_SAMPLES = 200
-MAX_NEW_TOKENS_SLACK = 8  # auto --max-new-tokens = the longest reference call turn (tokens) + this
 
 
 def _check_layout(demo: Path, data: Path, seeds: list[int], base: str | None = None, shad: str | None = None,
@@ -166,93 +166,30 @@ def _measure_agreement(masks: dict, train: list, roles: dict, tok, log) -> dict:
     return agreement
 
 
-def _heldout_encodings(paths: dict, tok, roles: dict, max_samples: int | None) -> tuple[list, list]:
-    """The held-out conversations (the first `max_samples`) and their encodings, `classes` set to the
-    true role of every loss token."""
-    from rft_ds.data.formats import read_conversations
-
-    heldout = read_conversations(paths["heldout"])
-    if max_samples is not None:
-        heldout = heldout[:max_samples]
-    encs = []
-    for c in heldout:
-        if c.id not in roles:
-            raise DataError(str(paths["roles"]), None, None, f"no ground-truth roles for held-out sample {c.id!r}")
-        enc, _, classes = token_truth(c, tok, roles[c.id])
-        enc.classes = classes
-        encs.append(enc)
-    return heldout, encs
-
-
-def _longest_call_turn(heldout: list, encs: list, calls: list[dict]) -> int:
-    """Tokens of the longest held-out assistant turn that makes a tool call."""
-    call_ids = {s["id"] for s in calls}
-    return max(sum(1 for mi in e.msg_index if mi == k) for c, e in zip(heldout, encs)
-               for k in range(len(c.messages)) if f"{c.id}@{k}" in call_ids)
-
-
-def _model_dir(run_dir: Path) -> str:
-    # a LoRA run's final/ is the adapter; --merge-lora wrote the full model to final-merged/
-    return str(run_dir / "final-merged" if (run_dir / "final-merged").is_dir() else run_dir / "final")
-
-
-def _check_run_tokenizer(model_dir: str, fp: str, heldout: list, encs: list, base: Path) -> None:
-    """A run's tokenizer must encode the held-out data as the base model's does."""
-    from rft_ds.data.render import encode_conversation, tokenizer_fingerprint
-    from rft_ds.modeling import load_tokenizer
-
-    mtok = load_tokenizer(model_dir)
-    if tokenizer_fingerprint(mtok) != fp:
-        for c, e in zip(heldout, encs):
-            if encode_conversation(c, mtok).input_ids != e.input_ids:
-                raise ConfigError(f"{model_dir}: its tokenizer encodes held-out sample {c.id!r} differently "
-                                  f"from the base model's ({base}); the runs must fine-tune the base")
-
-
 def _measure_heldout(paths: dict, seeds: list[int], tok, fp: str, roles: dict, eval_dir: Path,
                      max_samples: int | None, max_new_tokens: int | None, batch_size: int, eval_dtype: str,
                      timing: dict, log) -> dict:
     """Part 2: teacher-forced and generation metrics of every run of every seed; report.json's "heldout"."""
     import torch
 
-    from rft_ds.fsio import atomic_write, dumps_line
-    from rft_ds.tools.evaluate import evaluate
-
-    heldout, encs = _heldout_encodings(paths, tok, roles, max_samples)
-    calls = call_turn_samples(heldout)
-    if not calls:
-        raise DataError(str(paths["heldout"]), None, None, "no assistant turn with a tool call to evaluate")
-    if max_new_tokens is None:
-        max_new_tokens = _longest_call_turn(heldout, encs, calls) + MAX_NEW_TOKENS_SLACK
-    calls_path = eval_dir / "heldout-calls.jsonl"
-    with atomic_write(calls_path) as f:
-        for s in calls:
-            f.write(dumps_line(s))
-
+    heldout, encs = heldout_encodings(paths["heldout"], paths["roles"], tok, roles, max_samples)
+    calls, calls_path, max_new_tokens = write_call_samples(heldout, encs, paths["heldout"], eval_dir, max_new_tokens)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs: dict[str, dict[str, dict]] = {r: {} for r in RUNS}
     for s in seeds:
         for r in RUNS:
-            model_dir = _model_dir(paths[f"{r}:{s}"])
-            _check_run_tokenizer(model_dir, fp, heldout, encs, paths["base"])
-            t1 = time.time()
+            model_dir = run_model_dir(paths[f"{r}:{s}"])
+            check_run_tokenizer(model_dir, fp, heldout, encs, paths["base"])
             log(f"{r}-seed{s}: teacher-forced pass and greedy generation of {len(calls)} tool-call turns ({model_dir})")
-            tf = teacher_forced(model_dir, encs, tok.pad_token_id, batch_size, device, dtype=eval_dtype)
-            t2 = time.time()
-            ev = evaluate(model_dir, str(calls_path), max_new_tokens=max_new_tokens,
-                          output=str(eval_dir / f"{r}-seed{s}.jsonl"), batch_size=batch_size, dtype=eval_dtype,
-                          quiet=True)
-            t3 = time.time()
-            timing[f"{r}-seed{s}_teacher_forced_s"] = t2 - t1
-            timing[f"{r}-seed{s}_generation_s"] = t3 - t2
-            runs[r][str(s)] = {**tf, "call_exact_match": ev["call_exact_match"], "name_accuracy": ev["name_accuracy"],
-                               "args_exact_match": ev["args_exact_match"], "turn_exact_match": ev["exact_match"],
-                               "parse_failure_rate": ev["parse_failure_rate"],
-                               "samples_with_call": ev["samples_with_call"],
-                               "hit_max_new_tokens": ev.get("hit_max_new_tokens", 0)}
-            log(f"{r}-seed{s}: TF acc reasoning {fmt(tf['tf_acc_reasoning'])}, boilerplate "
-                f"{fmt(tf['tf_acc_boilerplate'])}; call exact match {fmt(ev['call_exact_match'])} "
-                f"({t3 - t1:.0f}s)")
+            t = {}
+            m = measure_run(model_dir, encs, calls_path, eval_dir / f"{r}-seed{s}.jsonl", max_new_tokens, batch_size,
+                            eval_dtype, tok.pad_token_id, device, timing=t)
+            timing[f"{r}-seed{s}_teacher_forced_s"] = t["teacher_forced_s"]
+            timing[f"{r}-seed{s}_generation_s"] = t["generation_s"]
+            runs[r][str(s)] = m
+            log(f"{r}-seed{s}: TF acc reasoning {fmt(m['tf_acc_reasoning'])}, boilerplate "
+                f"{fmt(m['tf_acc_boilerplate'])}; call exact match {fmt(m['call_exact_match'])} "
+                f"({t['teacher_forced_s'] + t['generation_s']:.0f}s)")
     first = runs["sft"][str(seeds[0])]
     return {
         "samples": len(heldout), "call_turns": len(calls), "max_new_tokens": max_new_tokens,
@@ -337,13 +274,19 @@ def build_report(demo_dir: str, data_dir: str, seeds: list[int], output: str | N
     return rep, md
 
 
-def run(args: argparse.Namespace) -> int:
+def parse_settings(pairs: list[str] | None) -> dict[str, str]:
+    """--setting NAME=VALUE (repeatable) as a dict, in order."""
     settings = {}
-    for kv in args.setting or []:
+    for kv in pairs or []:
         if "=" not in kv:
             raise ConfigError(f"--setting {kv!r}: expected NAME=VALUE")
         k, v = kv.split("=", 1)
         settings[k] = v
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = parse_settings(args.setting)
     rep, md = build_report(args.demo_dir, args.data_dir, args.seeds, args.output, args.max_samples,
                            args.max_new_tokens, args.batch_size, args.view_samples, args.smooth,
                            base=args.base, shad=args.shad, masks=args.masks, train_data=args.train_data,

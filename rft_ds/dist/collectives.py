@@ -42,6 +42,22 @@ def all_reduce_max_int(n: int, dev: torch.device | None = None) -> int:
     return int(t.item())
 
 
+def all_gather_padded(t: torch.Tensor, pad: float) -> torch.Tensor:
+    """[W, n] of every rank's 1-D tensor, each padded with `pad` to the longest (n): two
+    collectives on every rank, whatever its length (0 included). On this rank's device."""
+    import torch.distributed as dist
+
+    _check_device("all_gather", t)
+    n = all_reduce_max_int(t.numel(), t.device)
+    padded = torch.full((n,), pad, dtype=t.dtype, device=t.device)
+    padded[:t.numel()] = t
+    if world_size() == 1:
+        return padded.unsqueeze(0)
+    out = [torch.empty_like(padded) for _ in range(world_size())]
+    _guard("all_gather", dist.all_gather, out, padded)
+    return torch.stack(out)
+
+
 def all_gather_object(obj) -> list:
     import torch.distributed as dist
 

@@ -15,8 +15,9 @@ import json
 import shutil
 from pathlib import Path
 
+from rft_ds.data.sources import data_identity, resolve
 from rft_ds.errors import MasksError
-from rft_ds.fsio import atomic_write, command_line, dumps_line, file_digest, write_json
+from rft_ds.fsio import atomic_write, command_line, dumps_line, write_json
 
 WORK_SUFFIX = ".work"
 
@@ -48,7 +49,8 @@ def rounds_of(n_batches: int, world: int) -> int:
 
 def manifest_of(cfg, world: int, fingerprint: str, precision: str, n_samples: int) -> dict:
     """What a work directory's chunks depend on: a rerun resumes only when all of it is equal."""
-    return {"data": file_digest(cfg.data), "base": _model_identity(cfg.base), "shad": _model_identity(cfg.shad),
+    return {"data": data_identity(resolve(cfg.data, cfg.data_split)),  # a single file: its digest, as before
+            "base": _model_identity(cfg.base), "shad": _model_identity(cfg.shad),
             "tokenizer": fingerprint, "batch_size": cfg.batch_size, "max_seq_len": cfg.max_seq_len,
             "margin": cfg.margin, "world_size": world, "rounds_per_chunk": cfg.rounds_per_chunk,
             "precision": precision, "samples": n_samples}

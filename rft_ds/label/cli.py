@@ -9,6 +9,7 @@ import dataclasses
 
 from rft_ds.config import LabelConfig, default_of
 from rft_ds.data.cache import add_cache_flags
+from rft_ds.data.sources import DATA_HELP, SPLIT_HELP
 
 
 def D(name: str):
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="the original base model directory (regex: only its tokenizer)")
     p.add_argument("--shad", default=None, help="the shuffle-tuned model (shad-train OUTPUT/final); "
                                                 "required with --method shad")
-    p.add_argument("--data", required=True, help="the training JSONL to label")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--data-split", default=D("data_split"), help=SPLIT_HELP)
     p.add_argument("--output", required=True, help="masks JSONL to write")
     p.add_argument("--batch-size", type=int, default=D("batch_size"), help="samples per forward pass per rank")
     p.add_argument("--max-seq-len", type=int, default=D("max_seq_len"), help="must equal the RFT run's --max-seq-len")

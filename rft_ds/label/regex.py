@@ -140,8 +140,8 @@ def label_regex(cfg: LabelConfig) -> int:
     import os
     import sys
 
-    from rft_ds.data.formats import iter_conversations
     from rft_ds.data.render import tokenizer_fingerprint
+    from rft_ds.data.sources import iter_source, resolve
     from rft_ds.fsio import atomic_write, command_line, dumps_line, write_json
     from rft_ds.masks import make_record, meta_path
     from rft_ds.modeling import load_tokenizer
@@ -155,11 +155,12 @@ def label_regex(cfg: LabelConfig) -> int:
     if cfg.shad:
         print("label: --method regex ignores --shad (no model is run)", flush=True)
     rx = compile_pattern(cfg.boilerplate_regex)
+    source = resolve(cfg.data, cfg.data_split)  # a bad --data is refused before the tokenizer loads
     tok = load_tokenizer(cfg.base)
     fp = tokenizer_fingerprint(tok)
     n = n_all = n_r = n_trunc = 0
     with atomic_write(out) as f:
-        for conv in iter_conversations(cfg.data):
+        for conv in iter_source(source):
             enc, turns = sample_turns(conv, tok, rx, cfg.max_seq_len)
             if enc.truncated and cfg.on_overflow == "error":
                 raise DataError(conv.path, conv.line, "messages", f"sample {conv.id!r} is longer than --max-seq-len "

@@ -10,6 +10,7 @@ from rft_ds.fsio import command_line
 
 from rft_ds.config import DEFAULT_SHUFFLE_FRACTION, DEFAULT_TAU, LOSSES, TrainConfig, default_of
 from rft_ds.data.cache import add_cache_flags
+from rft_ds.data.sources import DATA_HELP, SPLIT_HELP
 from rft_ds.monitor import REPORT_TO
 
 
@@ -20,7 +21,8 @@ def D(name: str):
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and model")
     g.add_argument("--model", required=True, help="Hugging Face model directory (or hub id) to fine-tune")
-    g.add_argument("--data", required=True, help="training JSONL (OpenAI messages or ShareGPT)")
+    g.add_argument("--data", required=True, help=DATA_HELP)
+    g.add_argument("--data-split", default=D("data_split"), help=SPLIT_HELP)
     g.add_argument("--output", required=True, help="run directory: metrics.jsonl, checkpoints/, final/")
     g.add_argument("--max-seq-len", type=int, default=D("max_seq_len"), help="tokens per sample; longer samples are truncated (counted)")
     g.add_argument("--on-overflow", choices=["truncate", "error"], default=D("on_overflow"))
@@ -72,7 +74,8 @@ def add_rft_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", choices=list(LOSSES), default=D("loss"),
                    help="sft: token-mean CE; rft: class means weighted by softmax(losses/tau) (the paper); "
                         "weighted: class means with fixed weights (--w-reasoning); dft: CE x detached token "
-                        "probability (docs/losses.md)")
+                        "probability; rho1: CE of the tokens with the top --keep-ratio excess loss over "
+                        "--reference (docs/losses.md)")
     g.add_argument("--masks", default=None,
                    help="masks.jsonl from `rft-ds label` (rft, weighted; with sft, dft: per-class metrics)")
     g.add_argument("--tau", type=float, default=D("tau"), help=f"RFT temperature (default {DEFAULT_TAU}: 1/tau = 0.5)")
@@ -84,6 +87,12 @@ def add_rft_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-detach-weights", dest="detach_weights", action="store_false",
                    help="let gradients flow through the RFT weights")
     g.add_argument("--missing-masks", choices=["error", "sft"], default=D("missing_masks"))
+    g.add_argument("--reference", default=None,
+                   help="--loss rho1: the reference model (HF directory with the same tokenizer) whose per-token "
+                        "CE, computed on the fly, gives each token's excess loss CE - CE_ref")
+    g.add_argument("--keep-ratio", type=float, default=D("keep_ratio"),
+                   help="--loss rho1: share K of the global batch's loss tokens trained on, those with the "
+                        "largest excess loss (default %(default)s)")
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
@@ -103,13 +112,13 @@ def run_train(a: argparse.Namespace) -> int:
 
 def run_shad(a: argparse.Namespace) -> int:
     from rft_ds import dist
-    from rft_ds.data.formats import read_conversations
     from rft_ds.data.shuffle import shuffled_subset
+    from rft_ds.data.sources import read_source, resolve
     from rft_ds.train.loop import train
 
     cfg = config_from_args(a)
     cfg.loss, cfg.masks = "sft", None
-    convs, audit = shuffled_subset(read_conversations(cfg.data), cfg.shuffle_fraction, cfg.shuffle_seed)
+    convs, audit = shuffled_subset(read_source(resolve(cfg.data, cfg.data_split)), cfg.shuffle_fraction, cfg.shuffle_seed)
     dist.log(f"shad-train: {len(convs)} shuffled (context -> assistant turn) pairs "
              f"(--shuffle-fraction {cfg.shuffle_fraction}, seed {cfg.shuffle_seed}); audit in shuffle.jsonl")
     train(cfg, convs=convs, extra_files={"shuffle.jsonl": audit})
@@ -117,7 +126,7 @@ def run_shad(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="fine-tune with the SFT, RFT, fixed-weight or DFT loss (one ZeRO-3 training loop)")
+    p = sub.add_parser("train", help="fine-tune with the SFT, RFT, fixed-weight, DFT or Rho-1 loss (one ZeRO-3 training loop)")
     add_train_flags(p)
     add_rft_flags(p)
     p.set_defaults(func=run_train)

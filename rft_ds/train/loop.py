@@ -1,8 +1,12 @@
-"""The one training loop: SHAD tuning, SFT, RFT, fixed-weight and DFT runs differ only in their data and loss.
+"""The one training loop: SHAD tuning, SFT, RFT, fixed-weight, DFT and Rho-1 runs differ only in their data
+and loss.
 
     tokenize once -> (optional) join masks -> load model under ZeRO-3 -> deepspeed.initialize
+    (rho1: + the reference model, an inference engine under the same ZeRO stage 3, or whole with 0-2)
     for each optimizer step:
         all-reduce the step's token/sample/class counts        (1 collective, every rank)
+        (rho1: no-grad forwards of reference and model over the step's micro-batches, then every
+         token's excess loss gathered to agree on the kept tokens   (2 collectives, every rank))
         for each micro-batch: forward -> per-token CE -> loss -> backward(scale_wrt_gas=False) -> step
             (batch granularity: + 1 all-reduce of 4 class sums per micro-step, every rank)
         all-reduce the step's metric sums                     (1 collective, every rank)
@@ -33,7 +37,7 @@ from rft_ds.monitor import Progress, model_flop_counts, monitor_config, peak_flo
 from rft_ds.monitor import write as write_monitor
 from rft_ds.runtime import LoraSpec, build_engine, claim_output
 from rft_ds.train.checkpoint import load_checkpoint, save_checkpoint
-from rft_ds.train.step import LossSpec, MetricSums, StepCounts, local_counts, metrics_row, micro_loss
+from rft_ds.train.step import LossSpec, MetricSums, StepCounts, local_counts, metrics_row, micro_loss, rho1_select
 
 RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "shuffle.jsonl", "run.json")
 
@@ -59,6 +63,7 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     random.seed(cfg.seed)
     built = _build(cfg, ds, precision, total)
     engine, device = built.engine, built.engine.device
+    ref = _build_reference(cfg, ds, precision, tok) if cfg.loss == "rho1" else None
     start = load_checkpoint(engine, out) if cfg.resume else 0
     _start_files(out, start, {"config": cfg.to_json(), "ds_config": ds, "world_size": W, "precision": precision,
                               **data_info}, extra_files)
@@ -82,13 +87,15 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
                  for part in split_global_batch(epoch_cache[epoch][k], lengths, W, cfg.micro_batch_size,
                                                 cfg.grad_accum, R)]
         lr = engine.get_lr()[0] if engine.get_lr() else cfg.lr
-        counts, sums = _optimizer_step(engine, micro, spec, W)
+        counts, sums = _optimizer_step(engine, micro, spec, W, ref)
         gn, dt = engine.get_global_grad_norm(), time.time() - t_step
         losses = metrics_row(counts, sums, spec, cfg.masks is not None)
         row = {"step": step + 1, "loss": losses.pop("loss"), "grad_norm": float(gn) if gn is not None else None,
                "lr": lr, "tokens": int(counts.tokens), "samples": int(counts.samples),
                "epoch": epoch + k / steps_per_epoch, "elapsed_s": round(time.time() - t_start, 3),
                **flops.columns(counts, dt), **losses}
+        if step == start:  # this launch's start-up: data, engine, checkpoint, until its first step began
+            row["startup_s"] = round(t_step - t_start, 3)
         if dist.is_main():
             _log_row(out, engine, progress, row)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
@@ -99,18 +106,44 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     return {"steps": total, "output": str(out)}
 
 
-def _optimizer_step(engine, micro: list, spec: LossSpec, W: int) -> tuple[StepCounts, dict[str, float]]:
+def _optimizer_step(engine, micro: list, spec: LossSpec, W: int, ref=None) -> tuple[StepCounts, dict[str, float]]:
     """One optimizer step over this rank's micro-batches: two all-reduces (counts, metric sums) on
-    every rank, plus one per micro-step in RFT batch mode."""
+    every rank, plus one per micro-step in RFT batch mode, plus Rho-1's selection (`ref`)."""
     counts = StepCounts(*dist.all_reduce_sum(local_counts(micro, engine.device)).tolist())
     sums = MetricSums(engine.device)
-    for mb in micro:
-        ce = engine(mb.input_ids, mb.attention_mask, mb.target_mask, mb.targets)
-        out = micro_loss(ce, mb.seg, mb.classes, mb.input_ids.shape[0], counts, spec, W, dist.all_reduce_sum)
+    sel, first = _rho1_selection(engine, ref, micro, spec) if ref is not None else (None, None)
+    for m, mb in enumerate(micro):
+        ce = first if first is not None and m == 0 else \
+            engine(mb.input_ids, mb.attention_mask, mb.target_mask, mb.targets)
+        out = micro_loss(ce, mb.seg, mb.classes, mb.input_ids.shape[0], counts, spec, W, dist.all_reduce_sum,
+                         keep=sel.keep[m] if sel else None, kept=sel.kept if sel else 0)
         engine.backward(out.loss, scale_wrt_gas=False)
         engine.step()
         sums.add(ce, mb.classes, out)
-    return counts, sums.all_reduced(dist.all_reduce_sum)
+    row = sums.all_reduced(dist.all_reduce_sum)
+    if sel is not None:
+        row.update(kept=float(sel.kept), excess_threshold=sel.threshold)
+    return counts, row
+
+
+def _rho1_selection(engine, ref, micro: list, spec: LossSpec):
+    """Rho-1's tokens for this step: the excess loss CE - CE_ref of every loss token of every
+    micro-batch, at the weights the step starts from, then the global top `keep_ratio` (every rank
+    the same forwards and collectives). With one micro-batch its forward keeps its graph and is the
+    training forward too (returned as `first`); with accumulation the model's CE comes from an extra
+    no-grad forward per micro-batch, since the selection must see the whole step before a backward."""
+    with torch.no_grad():
+        ref_ce = [ref(mb.input_ids, mb.attention_mask, mb.target_mask, mb.targets).float() for mb in micro]
+    first = None
+    if len(micro) == 1:
+        mb = micro[0]
+        first = engine(mb.input_ids, mb.attention_mask, mb.target_mask, mb.targets)
+        cur = [first.detach().float()]
+    else:
+        with torch.no_grad():
+            cur = [engine(mb.input_ids, mb.attention_mask, mb.target_mask, mb.targets).float() for mb in micro]
+    excess = [c - r for c, r in zip(cur, ref_ce)]
+    return rho1_select(excess, spec.keep_ratio, lambda t: dist.all_gather_padded(t, float("-inf"))), first
 
 
 def _loss_detail(cfg: TrainConfig) -> str:
@@ -118,6 +151,8 @@ def _loss_detail(cfg: TrainConfig) -> str:
         return f" ({cfg.rft_granularity}, tau {cfg.tau})"
     if cfg.loss == "weighted":
         return f" ({cfg.rft_granularity}, w_b {1 - cfg.w_reasoning:g}, w_r {cfg.w_reasoning:g})"
+    if cfg.loss == "rho1":
+        return f" (keep {cfg.keep_ratio:g} of the tokens by excess loss over {cfg.reference})"
     return ""
 
 
@@ -161,6 +196,30 @@ def _build(cfg: TrainConfig, ds: dict, precision: str, total: int):
                         lora=lora, grad_ckpt=cfg.grad_ckpt,
                         optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
                         scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total)))
+
+
+def _build_reference(cfg: TrainConfig, ds: dict, precision: str, tok):
+    """Rho-1's reference model: an inference engine under the training JSON's ZeRO-3 (partitioned
+    like the model, no optimizer), or whole on every rank where the JSON's stage (0-2) partitions
+    only optimizer state and gradients, which a frozen model does not have."""
+    from rft_ds.ds_config import inference_ds_config
+    from rft_ds.errors import ConfigError
+    from rft_ds.modeling import load_tokenizer, model_hidden_size
+
+    ref_fp = tokenizer_fingerprint(load_tokenizer(cfg.reference))
+    if ref_fp != tokenizer_fingerprint(tok):
+        raise ConfigError(f"--reference {cfg.reference}: its tokenizer ({ref_fp}) differs from the model's "
+                          f"({cfg.model}: {tokenizer_fingerprint(tok)}); the excess loss compares the same tokens")
+    zero = ds.get("zero_optimization") or {}
+    zero = {k: v for k, v in zero.items() if k != "offload_optimizer"} if zero.get("stage") == 3 else {"stage": 0}
+    rds = inference_ds_config({"zero_optimization": zero}, dist.world_size(), precision,
+                              model_hidden_size(cfg.reference), cfg.reference)
+    t0 = time.time()
+    ref = build_engine(cfg.reference, rds, precision, logits_chunk=cfg.logits_chunk,
+                       attn=cfg.attn_implementation).engine
+    dist.log(f"rho1: loaded the reference model {cfg.reference} (ZeRO stage {rds['zero_optimization']['stage']}) "
+             f"in {time.time() - t0:.1f}s")
+    return ref
 
 
 def lr_lambda(cfg: TrainConfig, total: int):

@@ -1,6 +1,8 @@
 """The loss step of one optimizer step: global counts, each micro-batch's loss, the metric sums.
 
     counts = step_counts(micro)            1 all-reduce: the step's global token/sample/class counts
+    (rho1: select = rho1_select(...)       no-grad forwards of the model and the reference, 2 collectives
+                                           to agree on the step's excess-loss threshold)
     for each micro-batch:
         ce = engine(...)                   per-token CE at loss positions (TokenLossModel)
         out = micro_loss(ce, mb, counts)   the loss to backpropagate + its metric parts (pure; batch
@@ -19,22 +21,24 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from rft_ds.losses import BOILERPLATE, REASONING, class_sums, dft_token_loss, rft_batch_micro, rft_per_sample
+from rft_ds.losses import (BOILERPLATE, REASONING, class_sums, dft_token_loss, rft_batch_micro, rft_per_sample,
+                           rho1_threshold)
 from rft_ds.masks import UNMASKED
 
 
 @dataclass
 class LossSpec:
     """What the loss needs of the run's config."""
-    loss: str = "sft"                 # sft | rft | weighted | dft
+    loss: str = "sft"                 # sft | rft | weighted | dft | rho1
     granularity: str = "sample"       # RFT and weighted: sample | batch
     tau: float = 2.0
     detach_weights: bool = True
     w_reasoning: float = 0.5          # weighted: (w_b, w_r) = (1 - w_reasoning, w_reasoning)
+    keep_ratio: float = 0.6           # rho1: the share K of the global batch's tokens trained on
 
     @classmethod
     def of(cls, cfg) -> "LossSpec":
-        return cls(cfg.loss, cfg.rft_granularity, cfg.tau, cfg.detach_weights, cfg.w_reasoning)
+        return cls(cfg.loss, cfg.rft_granularity, cfg.tau, cfg.detach_weights, cfg.w_reasoning, cfg.keep_ratio)
 
     @property
     def fixed_w_r(self) -> float | None:
@@ -76,16 +80,38 @@ class MicroLoss:
     weighted: torch.Tensor | float = 0.0  # RFT, weighted: how many weightings the sums hold
 
 
+@dataclass
+class Rho1Selection:
+    """The step's Rho-1 selection: which loss tokens of each micro-batch train, agreed by every rank."""
+    keep: list[torch.Tensor]      # per micro-batch: [tokens] bool, excess loss >= threshold
+    threshold: float              # the step's excess-loss threshold T
+    kept: int                     # tokens kept in the global batch (the loss's denominator)
+
+
+def rho1_select(excess: list[torch.Tensor], keep_ratio: float, gather) -> Rho1Selection:
+    """Select the global batch's top `keep_ratio` tokens by excess loss. `excess`: this rank's
+    per-micro-batch [tokens] excess losses (CE - reference CE, detached); `gather(t)`: [W, n] of
+    every rank's t (the same length on every rank: padded here with -inf)."""
+    local = torch.cat([e.detach() for e in excess])
+    thr, kept = rho1_threshold(gather(local), keep_ratio)
+    return Rho1Selection([e >= thr for e in excess], thr, kept)
+
+
 def micro_loss(ce: torch.Tensor, seg: torch.Tensor, classes: torch.Tensor, n_rows: int, counts: StepCounts,
-               spec: LossSpec, world: int, reduce=None) -> MicroLoss:
+               spec: LossSpec, world: int, reduce=None, keep: torch.Tensor | None = None, kept: int = 0
+               ) -> MicroLoss:
     """The loss of one micro-batch given the step's global counts. `ce`: per-token CE at loss
     positions (row-major), `seg`: each token's row, `classes`: each token's class (-1 unlabeled,
     0 boilerplate, 1 reasoning, UNMASKED: trained with SFT). `reduce`: the all-reduce (sum) that
-    the batch granularity needs for its 4 class sums; every rank calls it once per micro-step."""
+    the batch granularity needs for its 4 class sums; every rank calls it once per micro-step.
+    rho1: `keep` is this micro-batch's selection and `kept` the global batch's selected tokens."""
     W, N, S = world, max(counts.tokens, 1.0), max(counts.samples, 1.0)
     if spec.loss in ("sft", "dft"):
         part = (dft_token_loss(ce) if spec.loss == "dft" else ce).sum()
         return MicroLoss(part * (W / N), part.detach() / N)
+    if spec.loss == "rho1":
+        part, K = (ce * keep).sum(), max(float(kept), 1.0)
+        return MicroLoss(part * (W / K), part.detach() / K)
     if spec.granularity == "sample":
         cls = torch.where(classes == UNMASKED, torch.zeros_like(classes), classes)
         per, w_b, w_r, _ = rft_per_sample(ce, seg, cls, n_rows, spec.tau, spec.detach_weights, spec.fixed_w_r)
@@ -138,4 +164,6 @@ def metrics_row(counts: StepCounts, sums: dict[str, float], spec: LossSpec, has_
     if spec.loss in ("rft", "weighted"):
         k = sums["weighted"]
         row.update(w_b=sums["w_b"] / k if k else None, w_r=sums["w_r"] / k if k else None)
+    if spec.loss == "rho1":  # the share of loss tokens trained on, and the excess-loss threshold
+        row.update(kept=sums["kept"] / N, excess_threshold=sums["excess_threshold"])
     return row
