@@ -240,3 +240,25 @@ def test_output_is_written_atomically(tiny_dir, tmp_path):
                "--max-seq-len", 30, "--on-overflow", "error", "--overwrite"], check=False)
     assert r.returncode == 2 and f"{good}:1: field 'messages'" in r.stderr and "--max-seq-len 30" in r.stderr
     assert out.read_bytes() == before
+
+
+def test_regex_masks_replace_a_stale_shad_work_dir_and_read_as_regex_in_the_viewer(tiny_dir, tmp_path):
+    """The chunks an interrupted SHAD labeling of the same output left (`<out>.work`) survive a failed
+    regex run and are removed by a successful one; `rft-ds view` of regex masks names the regex and
+    shows no LD (their loss_diff is a sign, not nats)."""
+    good = write_jsonl(tmp_path / "good.jsonl", SAMPLES[:2])
+    out = tmp_path / "m.jsonl"
+    work = tmp_path / "m.jsonl.work"
+    work.mkdir()
+    (work / "chunk-00000.jsonl").write_text("{}\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "wizard", "content": "x"}]}\n')
+    r = plain(["label", "--method", "regex", "--base", tiny_dir, "--data", bad, "--output", out], check=False)
+    assert r.returncode == 2 and (work / "chunk-00000.jsonl").exists()
+    assert label("--base", tiny_dir, "--data", good, "--output", out, "--boilerplate-regex", "Thought:") == 0
+    assert out.exists() and not work.exists()
+    html = tmp_path / "m.html"
+    plain(["view", out, "--data", good, "--output", html])
+    page = html.read_text()
+    assert "boilerplate regex <code>Thought:</code>" in page and "+1 reasoning, -1 boilerplate" in page
+    assert "mean LD" not in page and "loss(SHAD model)" not in page

@@ -138,11 +138,13 @@ def label_regex(cfg: LabelConfig) -> int:
     """The whole pass: every sample of --data, in input order, streamed into the masks file through
     one atomic write (an error leaves no file, or the previous one untouched), then the sidecar."""
     import os
+    import shutil
     import sys
 
     from rft_ds.data.render import tokenizer_fingerprint
     from rft_ds.data.sources import iter_source, resolve
     from rft_ds.fsio import atomic_write, command_line, dumps_line, write_json
+    from rft_ds.label.chunks import work_dir
     from rft_ds.masks import make_record, meta_path
     from rft_ds.modeling import load_tokenizer
 
@@ -173,6 +175,8 @@ def label_regex(cfg: LabelConfig) -> int:
         "method": "regex", "pattern": rx.pattern, "token_rule": TOKEN_RULE, "loss_diff": LOSS_DIFF_NOTE,
         "base": cfg.base, "data": cfg.data, "tokenizer": fp, "max_seq_len": cfg.max_seq_len, "samples": n,
         "truncated": n_trunc, "tokens": n_all, "reasoning_share": n_r / max(n_all, 1), "command": command_line()})
+    # the chunks of an interrupted SHAD labeling of this output no longer belong to it
+    shutil.rmtree(work_dir(out), ignore_errors=True)
     print(f"label: wrote {out}: {n} samples, {n_all} assistant tokens, {n_r / max(n_all, 1):.1%} labeled "
           f"reasoning by the regex ({n_trunc} truncated to --max-seq-len)", flush=True)
     if n_all and n_r in (0, n_all):

@@ -216,6 +216,7 @@ def build_page(masks_path: str, data_path: str, masks: dict, convs: list, tokeni
     def mean(xs):
         return f"{sum(xs) / len(xs):+.3f}" if xs else "n/a"
 
+    meta = _meta(masks_path)
     n_all = len(masks) + len(data_only)
     shown = f"{len(samples)}" + (f" of {n_all}" if len(samples) < n_all else "")
     stats = "".join([
@@ -223,9 +224,10 @@ def build_page(masks_path: str, data_path: str, masks: dict, convs: list, tokeni
         stat_html(f"{n_tok:,}", "labeled tokens"),
         stat_html(pct(n_r, n_tok), f"reasoning ({n_r:,} tokens)"),
         stat_html(pct(n_tok - n_r, n_tok), f"boilerplate ({n_tok - n_r:,} tokens)"),
-        stat_html(f"{mean(lds[1])} / {mean(lds[0])}", "mean LD reasoning / boilerplate"),
-    ] + ([stat_html(str(n_trunc), "truncated turns shown")] if n_trunc else []))
-    header = header_html(masks_path, data_path, tokenizer_source, _meta(masks_path), stats, warnings)
+    ] + ([] if meta.get("method") == "regex" else  # regex masks: loss_diff is a sign, there is no LD
+         [stat_html(f"{mean(lds[1])} / {mean(lds[0])}", "mean LD reasoning / boilerplate")])
+      + ([stat_html(str(n_trunc), "truncated turns shown")] if n_trunc else []))
+    header = header_html(masks_path, data_path, tokenizer_source, meta, stats, warnings)
     page, pages = page_html(Path(masks_path).name, header, samples, vocab, page_size)
     plain = [w + (" " + ", ".join(ids[:MISMATCH_LIST]) + (" ..." if len(ids) > MISMATCH_LIST else "") if ids else "")
              for w, ids in warnings]

@@ -98,11 +98,16 @@ def header_html(masks_path: str, data_path: str, tokenizer_source: str, meta: di
         sub.append(f"margin {_esc(str(margin))}")
     warn_html = ('<div class="warn">' + "<br>".join(_esc(w) + (" " + _id_list(ids) if ids else "")
                                                    for w, ids in warnings) + "</div>") if warnings else ""
-    margin_txt = f"LD &gt; {_esc(str(margin))}" if margin is not None else "LD above the margin"
-    legend = (f'<div class="legend"><span><span class="chip tok-r">reasoning</span> {margin_txt}</span>'
+    if meta.get("method") == "regex":  # `label --method regex`: loss_diff is a sign, not nats
+        sub.append(f"boilerplate regex <code>{_esc(str(meta.get('pattern')))}</code>")
+        rule, hover = "a visible character the boilerplate regex does not match", "its loss_diff: +1 reasoning, -1 boilerplate"
+    else:
+        rule = f"LD &gt; {_esc(str(margin))}" if margin is not None else "LD above the margin"
+        hover = "its LD = loss(SHAD model) − loss(base model), nats"
+    legend = (f'<div class="legend"><span><span class="chip tok-r">reasoning</span> {rule}</span>'
               '<span><span class="chip tok-b">boilerplate</span> otherwise</span>'
               '<span><span class="chip tok-u">unlabeled</span> not covered by the masks (truncated)</span>'
-              '<span>hover a token for its LD = loss(SHAD model) − loss(base model), nats</span></div>')
+              f'<span>hover a token for {hover}</span></div>')
     return (f'<div class="sub">{" · ".join(sub)}</div>\n<div class="stats">{stats}</div>\n'
             f'{legend}{warn_html}')
 
@@ -114,7 +119,7 @@ def page_html(name: str, header: str, samples: list[dict], vocab: dict, page_siz
     data_json = data_json.replace("<", "\\u003c")  # never closes the <script> element
     first = "".join(_sample_html(s, i, vocab) for i, s in enumerate(samples[:page_size]))
     pages = max(1, -(-len(samples) // page_size))
-    title = f"SHAD token labels · {name}"
+    title = f"token labels · {name}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
