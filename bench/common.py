@@ -8,6 +8,8 @@ Sizes come from a profile chosen with BENCH_PROFILE:
   cpu (default): the demo-sized tiny Llama (vocab 1000, hidden 128, 2 layers), fp32, 2 CPU ranks.
   gpu:           a larger Llama (hidden 1024, 12 layers), bf16, and tokens/s + MFU are reported
                  (BENCH_PEAK_TFLOPS: the accelerator's dense bf16 peak, default 989 = H100 SXM).
+  smollm2:       the real model, SmolLM2-135M (fp32 on CPU), for figure 9 (bench/fig9_real_model.py):
+                 MFU against this machine's own matmul ceiling (bench/gemm_ceiling.py).
 Individual sizes can be overridden with BENCH_<KEY> (e.g. BENCH_TRAIN_STEPS=40, BENCH_ROUNDS=3).
 
 Work files go to BENCH_WORK (default outputs/bench, git-ignored); results to bench/results.json.
@@ -48,6 +50,11 @@ PROFILES = {
                 max_seq_len=512, label_batch=16, label_config="ds_configs/zero0.json",
                 label_samples_1x=300,
                 mem_hidden=2048, mem_layers=2, mem_heads=16, mem_seq_len=512),
+    # the real model (issue 18, bench/fig9_real_model.py): SmolLM2-135M as `make install` fetches it,
+    # fp32; small step counts, since a SmolLM2 step on 2 CPU cores takes seconds, not milliseconds
+    "smollm2": dict(model=".venv/models/smollm2-135m", precision="fp32",
+                    train_samples=64, train_steps=5, warmup_steps=1, rounds=2, micro_batch=1, grad_accum=1,
+                    max_seq_len=512, label_batch=4, label_config="ds_configs/zero0.json", label_samples_1x=16),
 }
 
 
@@ -175,8 +182,16 @@ def perturbed_copy(src: Path, out: Path, scale: float = 0.02, seed: int = 1) -> 
 
 
 def models() -> tuple[Path, Path]:
+    """(base, "SHAD" stand-in): a tiny random Llama built here, or the profile's real model (fetched with
+    `rft-ds fetch-model` if missing) and a perturbed copy of it."""
     s = sizes()
     w = work_dir()
+    if "model" in s:
+        base = ROOT / s["model"]
+        if not (base / "config.json").exists():
+            subprocess.run([str(BIN / "rft-ds"), "fetch-model", "smollm2-135m", "--output", str(base)], cwd=ROOT,
+                           env=env(), check=True)
+        return base, perturbed_copy(base, w / "shad")
     base = build_model(w / "base", s["hidden"], s["layers"], s["heads"], s["vocab"])
     shad = perturbed_copy(base, w / "shad")
     return base, shad
@@ -227,7 +242,8 @@ def save_figure(name: str, value: float, target: str, detail: dict) -> None:
     res[name] = None if value is None or (isinstance(value, float) and math.isnan(value)) else round(value, 4)
     res.setdefault("targets", {})[name] = target
     res.setdefault("details", {})[name] = detail
-    res["profile"] = profile_name()
+    res.setdefault("profile", profile_name())  # the run's first profile; fig9 adds the real model's
+    res.setdefault("details", {})[name].setdefault("profile", profile_name())
     res["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     RESULTS.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
 

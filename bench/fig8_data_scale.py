@@ -20,7 +20,11 @@ largest launches (memory vs warm; target <= 4), the warm largest launch's start-
 smallest one's (target <= 1.2), and tokenizing throughput of the cold build at --num-proc 2 over the
 in-memory single-process encode (target >= 1.7; this machine has 2 cores).
 
-    .venv/bin/python bench/fig8_data_scale.py [--sizes 1000 20000 100000]
+Then `rft-ds label` (2 ranks, a tiny model pair, the data preprocessed first so the cache is warm) at
+--label-sizes: the ranks' peak RSS, rank 0 merging every shard into masks.jsonl, as bytes per token of
+data between the smallest and largest size (target <= 4, as for train).
+
+    .venv/bin/python bench/fig8_data_scale.py [--sizes 1000 20000 100000] [--label-sizes 1000 30000]
 """
 
 from __future__ import annotations
@@ -94,10 +98,11 @@ def launch_measured(args: list[str], log: Path, probe: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"launch failed (rc {proc.returncode}): {' '.join(cmd)}\n{out[-4000:]}")
     ranks = sorted(peaks.values(), key=lambda d: -d.get("VmHWM", 0))[:2]
-    ready = [json.loads(f.read_text())["after_init_trimmed"] for f in sorted(probe.glob("rank*.json"))]
+    ready = [json.loads(f.read_text()).get("after_init_trimmed") for f in sorted(probe.glob("rank*.json"))]
+    ready = [r for r in ready if r]
     return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss": max(r.get("VmHWM", 0) for r in ranks),
             "peak_anon": max(r.get("RssAnon", 0) for r in ranks), "peak_file": max(r.get("RssFile", 0) for r in ranks),
-            "ready_anon": max(r["RssAnon"] for r in ready), "out": out}
+            "ready_anon": max(r["RssAnon"] for r in ready) if ready else None, "out": out}
 
 
 def demo_data(n: int) -> Path:
@@ -130,6 +135,34 @@ def one(model: Path, data: Path, mode: str, cache: Path, out: Path) -> dict:
     return r
 
 
+def label_one(n: int) -> dict:
+    """A 2-rank `rft-ds label` of n samples with a tiny model pair (the records' memory does not depend
+    on the model's size; SmolLM2 would take hours at 30k samples here), warm cache: the ranks' peak RSS
+    (rank 0 merges the shards into masks.jsonl)."""
+    from common import build_model, perturbed_copy
+
+    w = work_dir() / "data_scale"
+    base = build_model(w / "label-tiny", hidden=64, layers=2, heads=4, vocab=1000)
+    shad = perturbed_copy(base, w / "label-tiny-shad")
+    data, cache, out = demo_data(n), w / f"cache-label-{n}", w / f"label-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    args = ["label", "--base", str(base), "--shad", str(shad), "--data", str(data), "--output", str(out / "masks.jsonl"),
+            "--max-seq-len", "1024", "--batch-size", "16", "--deepspeed", "ds_configs/zero0.json",
+            "--cache-dir", str(cache), "--num-proc", "2"]
+    subprocess.run([str(BIN / "rft-ds"), "preprocess", "--model", str(base), "--data", str(data), "--max-seq-len",
+                    "1024", "--cache-dir", str(cache), "--num-proc", "2"], check=True, capture_output=True, env=env())
+    built = sorted(cache.glob("*/done.json"))
+    r = launch_measured(args, out / "label.log", out / "label.probe")
+    del r["out"]
+    r["cache_was_warm"] = sorted(cache.glob("*/done.json")) == built  # label built no cache of its own
+    r["masks_bytes"] = (out / "masks.jsonl").stat().st_size
+    r["tokens"] = json.loads(next(cache.glob("*/done.json")).read_text())["tokens"]  # the data's tokens
+    say(f"data scale label {n} samples (tiny models, warm cache): peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
+        f"(anon {r['peak_anon'] / 2**20:.0f}), {r['tokens']} tokens")
+    return r
+
+
 def encode_rate(model: Path, data: Path) -> float:
     """Today's in-memory encode in one process: tokens per second (read + render + tokenize)."""
     code = ("import time, json; from rft_ds.modeling import load_tokenizer; from rft_ds.data.formats import "
@@ -146,6 +179,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000, 100000])
     ap.add_argument("--model", default=str(ROOT / ".venv" / "models" / "smollm2-135m"))
+    ap.add_argument("--label-sizes", type=int, nargs="*", default=[1000, 30000],
+                    help="sizes for label's peak RSS (tiny models); none: skip")
     a = ap.parse_args()
     model, w = Path(a.model), work_dir() / "data_scale"
     res: dict[str, dict] = {}
@@ -173,6 +208,14 @@ def main() -> None:
     print(json.dumps({k: v for k, v in detail.items() if k != "runs"}, indent=2))
     print(f"warm start-up ratio {hi}/{lo}: {first:.2f}; cold build at 2 procs / one-process encode: "
           f"{rate_cold / rate_mem:.2f}")
+    lab = {n: label_one(n) for n in a.label_sizes}  # after the train figures: they are saved already
+    if len(lab) >= 2:
+        lo_l, hi_l = min(lab), max(lab)
+        per_tok_label = (lab[hi_l]["peak_rss"] - lab[lo_l]["peak_rss"]) / (lab[hi_l]["tokens"] - lab[lo_l]["tokens"])
+        save_figure("fig8_label_peak_rss_bytes_per_token", per_tok_label, "<= 4",
+                    {"runs": lab, "sizes": [lo_l, hi_l], "model": "tiny (hidden 64, vocab 1000)"})
+        print(f"label peak RSS per rank: {lo_l}: {lab[lo_l]['peak_rss'] / 2**20:.0f} MiB, {hi_l}: "
+              f"{lab[hi_l]['peak_rss'] / 2**20:.0f} MiB; {per_tok_label:.2f} B per token of data")
 
 
 if __name__ == "__main__":

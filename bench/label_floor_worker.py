@@ -8,6 +8,8 @@ ZeRO, no padding, no file I/O), timed between two barriers (so a variant's time 
   floor_len     samples of exactly equal length batched together (up to --batch-size): no padding,
                 few forward calls; logits only at loss positions (fp32); base, then SHAD model.
   floor_sample  each sample alone: no padding; logits only at loss positions.
+  floor_batches label's own batches as rft_ds collates them (right-padded, attention mask): the same
+                forward calls label makes, without ZeRO, engine, records or files.
   naive         each sample alone, full fp32 logits over the whole sequence, log_softmax, gather;
                 base then SHAD model in turn: what one writes without thinking about it.
 
@@ -65,6 +67,7 @@ def main() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local) if a.threads == "auto" else int(a.threads))
 
     tok = load_tokenizer(a.base)
+    pad_id = tok.pad_token_id
     encs = [encode_conversation(c, tok, a.max_seq_len) for c in read_conversations(a.data)]
     lengths = [len(e.input_ids) for e in encs]
     batches = plan_batches(lengths, a.batch_size)
@@ -136,7 +139,29 @@ def main() -> None:
             out[i] = ces
         return out
 
-    fns = {"floor_len": floor_len, "floor_sample": floor_sample, "naive": naive}
+    from rft_ds.data.batching import collate
+
+    mine_batches = [b for j, b in enumerate(batches) if j % W == R]
+    by_id = {s[0]: s for s in samples}
+
+    def floor_batches():
+        """label's own batches (rft_ds collate: right-padded, attention mask), plain HF forwards,
+        logits at loss positions only: the floor of the same work label does."""
+        out = {}
+        for b in mine_batches:
+            mb = collate([encs[i] for i in b], pad_id)
+            x, att = mb.input_ids.to(device), mb.attention_mask.to(device)
+            ces = []
+            for m in models:
+                h = m.model(input_ids=x, attention_mask=att).last_hidden_state[:, :-1][mb.target_mask.to(device)]
+                ces.append(F.cross_entropy(m.lm_head(h).float(), mb.targets.to(device), reduction="none"))
+            split = [by_id[i][2].numel() for i in b]
+            parts = [c.split(split) for c in ces]
+            for k, i in enumerate(b):
+                out[i] = [p[k] for p in parts]
+        return out
+
+    fns = {"floor_len": floor_len, "floor_sample": floor_sample, "naive": naive, "floor_batches": floor_batches}
     times: dict[str, list[float]] = defaultdict(list)
     own: dict[str, list[float]] = defaultdict(list)
     results = {}
@@ -164,7 +189,7 @@ def main() -> None:
                 r = json.loads(line)
                 recs[r["id"]] = [x for t in r["turns"] for x in t["loss_diff"]]
         worst = {}
-        for name in ("floor_len", "floor_sample", "naive"):
+        for name in ("floor_len", "floor_sample", "naive", "floor_batches"):
             if name not in results:
                 continue
             err = 0.0

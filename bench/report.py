@@ -17,6 +17,11 @@ ORDER = [
     ("param_memory_ratio_2_over_1", "5. held memory per rank, 2 ranks / 1 rank (~100M params)"),
     ("label_scaling_exponent", "6. label loop time vs samples, log-log slope"),
     ("loss_memory_over_one_chunk_floor", "7. token-loss peak memory / one-chunk floor (worst case)"),
+    ("real_label_mfu", "9. SmolLM2 label: model FLOP/s / GEMM ceiling (best arm)"),
+    ("real_label_over_floor", "9. SmolLM2 label loop / 2-forward floor (1 process)"),
+    ("real_train_mfu", "9. SmolLM2 train SFT: model FLOP/s / GEMM ceiling (2 ranks)"),
+    ("real_engine_over_hf_trainer", "9. SmolLM2 engine SFT step / HF Trainer step"),
+    ("real_rft_over_sft", "9. SmolLM2 RFT step / SFT step"),
 ]
 
 
@@ -50,6 +55,16 @@ def notes(res: dict) -> dict:
         x = d["label_scaling_exponent"]
         out["label_scaling_exponent"] = (f"wall = {x['wall_fit']['fixed_s']:.1f}s + "
                                          f"{1000 * x['wall_fit']['per_sample_s']:.1f}ms/sample")
+    if "real_label_mfu" in d:
+        x = d["real_label_mfu"]["label"]
+        out["real_label_mfu"] = ", ".join(f"{k} {v['mfu']:.2f}" for k, v in x["arms"].items())
+    if "real_train_mfu" in d:
+        x = d["real_train_mfu"]["train"]
+        out["real_train_mfu"] = (f"sft {x['mfu']['sft']:.2f}, rft {x['mfu']['rft']:.2f}, hf {x['mfu']['hf']:.2f} "
+                                 f"of {x['ceiling_gflops']:.1f} GFLOP/s")
+    for k in ("real_engine_over_hf_trainer", "real_rft_over_sft"):
+        if k in d:
+            out[k] = f"per round {d[k]['per_round']}"
     return out
 
 

@@ -26,7 +26,8 @@ ARMS = ("sft", "rft", "hf")
 
 
 def step_tokens(data: Path, model_dir: Path, s: dict) -> list[dict]:
-    """Per optimizer step of the schedule: real tokens, padded tokens, loss tokens (the engine's batches)."""
+    """Per optimizer step of the schedule: real tokens, padded tokens, loss tokens, and the sum of
+    squared sample lengths (attention FLOPs), of the engine's batches."""
     from rft_ds.data.batching import DUMMY, global_batches, split_global_batch
     from rft_ds.data.formats import read_conversations
     from rft_ds.data.render import encode_dataset
@@ -42,15 +43,16 @@ def step_tokens(data: Path, model_dir: Path, s: dict) -> list[dict]:
     for step in range(s["train_steps"]):
         epoch, k = divmod(step, per_epoch)
         gb = global_batches(lengths, G, 42, epoch, True)[k]
-        real = padded = loss = 0
+        real = padded = loss = sq = 0
         for r in range(W):
             for part in split_global_batch(gb, lengths, W, B, GA, r):
                 part = [i for i in part if i != DUMMY]
                 if part:
                     real += sum(lengths[i] for i in part)
+                    sq += sum(lengths[i] ** 2 for i in part)
                     padded += max(lengths[i] for i in part) * len(part)
                     loss += sum(encs[i].n_loss_tokens for i in part)
-        out.append({"real": real, "padded": padded, "loss": loss})
+        out.append({"real": real, "padded": padded, "loss": loss, "sum_len_sq": sq})
     return out
 
 
@@ -107,7 +109,8 @@ def run(arms: list[str], rounds: int | None = None) -> dict:
            "profile": profile_name()}
     real = sum(t["real"] for t in toks)
     padded = sum(t["padded"] for t in toks)
-    res["tokens"] = {"real": real, "padded": padded, "loss": sum(t["loss"] for t in toks)}
+    res["tokens"] = {"real": real, "padded": padded, "loss": sum(t["loss"] for t in toks),
+                     "sum_len_sq": sum(t["sum_len_sq"] for t in toks)}  # for attention FLOPs
     for a in arms:
         secs = sum(med[a])
         res.setdefault("tokens_per_s", {})[a] = real / secs

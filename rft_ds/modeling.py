@@ -37,6 +37,19 @@ def prepare_tokenizer(tok):
     return tok
 
 
+def check_same_tokenizer(tok, model_dir: str, other_dir: str, flag: str, why: str) -> str:
+    """`tok` (loaded from model_dir) and other_dir's tokenizer must be the same (rft_ds.data.render's
+    fingerprint: vocabulary, special tokens, chat template); a ConfigError naming both otherwise.
+    Returns the fingerprint."""
+    from rft_ds.data.render import tokenizer_fingerprint
+
+    fp, other = tokenizer_fingerprint(tok), tokenizer_fingerprint(load_tokenizer(other_dir))
+    if other != fp:
+        raise ConfigError(f"{flag} {other_dir}: its tokenizer ({other}) differs from the base model's "
+                          f"({model_dir}: {fp}); {why}")
+    return fp
+
+
 def torch_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 

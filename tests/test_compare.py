@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import statistics
@@ -181,8 +182,48 @@ def test_markdown_table_has_a_row_per_variant(fake_compare, direct):
         assert row in md, (row, md)
     assert len(re.findall(r"^\| (SFT|DFT) \(`", md, flags=re.M)) == 2
     assert "| shad-masks | 51 |" in md and "| `TRAIN_STEPS` | `3` |" in md
-    assert re.search(r"This report took \d+ s \(measuring 4 runs\)", md)
+    assert re.search(r"This report took \d+ s \(measuring 4 of the 4 runs\)", md)
     assert fake_compare["rep"]["timing_s"]["report_s"] > 0
+
+
+def test_saved_measurements_are_reused_until_a_model_or_setting_changes(fake_compare, tiny_dir, tmp_path, capsys):
+    """A second report measures nothing it measured before (same numbers, per-sample files untouched);
+    a moved directory, a touched model file or another generation limit is measured again, and
+    --remeasure measures everything."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fake_compare["runs"], runs)  # keeps mtimes: only the model paths changed
+
+    def report(*extra, max_new=MAX_NEW_TOKENS):
+        rc = main(["compare-report", "--compare-dir", str(runs), "--data-dir", str(fake_compare["data"]),
+                   "--base", str(tiny_dir), "--variants", *VARIANTS, "--seeds", *map(str, SEEDS),
+                   "--max-samples", str(MAX_SAMPLES), "--max-new-tokens", str(max_new), "--batch-size", str(BATCH),
+                   *extra])
+        assert rc == 0
+        rep = json.loads((runs / "compare.json").read_text())
+        err = capsys.readouterr().err
+        return rep, sorted(f"{v}-seed{s}" for v in VARIANTS for s in SEEDS
+                           if f"{v}-seed{s}: call exact match" in err and f"(reused {v}-seed{s}.measured.json" not in err)
+
+    def numbers(rep):
+        return {(v, s): {k: x for k, x in r.items() if k not in ("measured", "model_dir")}
+                for v in VARIANTS for s, r in rep["runs"][v].items()}
+
+    every = sorted(f"{v}-seed{s}" for v in VARIANTS for s in SEEDS)
+    rep1, fresh = report()
+    assert fresh == every  # moved: the model paths are part of the key
+    stamp = {p.name: p.stat().st_mtime_ns for p in (runs / "eval").glob("*-seed*.jsonl")}
+    rep2, fresh = report()
+    assert fresh == [] and {r["measured"] for v in VARIANTS for r in rep2["runs"][v].values()} == {"reused"}
+    assert numbers(rep2) == numbers(rep1)  # exactly: read back, not recomputed
+    for run, want in numbers(fake_compare["rep"]).items():
+        assert numbers(rep1)[run] == pytest.approx(want), run
+    assert {p.name: p.stat().st_mtime_ns for p in (runs / "eval").glob("*-seed*.jsonl")} == stamp
+    assert re.search(r"measuring 0 of the 4 runs; 4 measurements reused", (runs / "compare.md").read_text())
+    weights = runs / "dft-seed1" / "final" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert report()[1] == ["dft-seed1"]
+    assert report(max_new=MAX_NEW_TOKENS - 2)[1] == every
+    assert report("--remeasure", max_new=MAX_NEW_TOKENS - 2)[1] == every
 
 
 def test_missing_runs_are_one_error_listing_every_path(fake_compare, tmp_path, capsys):
@@ -264,7 +305,8 @@ def test_recipe_refuses_an_unknown_variant_before_any_work(tmp_path):
 @pytest.mark.launch
 def test_compare_recipe_end_to_end_tiny(tmp_path):
     """MODEL_KIND=tiny, one seed, 3 steps: SHAD masks through the demo recipe, regex masks, the six
-    variants (rho1 with the SFT run as its reference), the report; then a rerun keeps every run.
+    variants (rho1 with the SFT run as its reference), the report; then a rerun keeps every run and
+    every measurement.
     Needs `rft-ds train --loss rho1 --reference DIR --keep-ratio K`."""
     out = tmp_path / "out"
     e = env({"OUT": str(out), "MODEL_KIND": "tiny", "HIDDEN": "64", "EVAL_SAMPLES": "4", "MAX_NEW_TOKENS": "8",
@@ -296,3 +338,4 @@ def test_compare_recipe_end_to_end_tiny(tmp_path):
     assert {v: (out / f"{v}-seed0" / "metrics.jsonl").stat().st_mtime_ns for v in variants} == mtimes
     assert [ln.split("\t")[0] for ln in (out / "timings.tsv").read_text().splitlines()] == \
         ["shad-masks", "regex-label", "report"]
+    assert "measuring 0 of the 6 runs; 6 measurements reused" in (out / "compare.md").read_text()

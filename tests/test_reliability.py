@@ -140,6 +140,18 @@ def _catalogue(d: Path, model: Path) -> tuple[dict, dict]:
     train("masks_ids_differ", good, "--loss", "rft", "--masks", p,
           frags=[f"{p}: sample {recs[1]['id']!r} message", "differ", "another tokenizer, chat template or --max-seq-len"])
 
+    # a model pair with different tokenizers (another chat template): refused before any model loads
+    other = d / "model-other-template"
+    shutil.copytree(model, other)
+    (other / "chat_template.jinja").write_text((Path(model) / "chat_template.jinja").read_text() + "{# other #}")
+    out = d / "labels" / "shad_tokenizer.jsonl"
+    cases["label_shad_tokenizer_differs"] = ["label", "--base", str(model), "--shad", str(other), "--data", str(good),
+                                             "--output", str(out)]
+    expect["label_shad_tokenizer_differs"] = ([f"--shad {other}: its tokenizer", f"differs from the base model's ({model}",
+                                               "SHAD must tune a copy of the same base model"], out, "label")
+    train("rho1_reference_tokenizer_differs", good, "--loss", "rho1", "--reference", other,
+          frags=[f"--reference {other}: its tokenizer", "the excess loss compares the same tokens"])
+
     # model directory without a tokenizer; no model directory at all
     notok = d / "model-no-tokenizer"
     notok.mkdir()
@@ -199,7 +211,7 @@ CASES = ["empty_file", "malformed_json", "not_an_object", "missing_messages", "u
          "no_assistant_turn", "empty_assistant", "duplicate_ids", "overflow_error", "label_malformed_json",
          "label_unknown_role", "label_overflow_error", "masks_label_2", "masks_label_float", "masks_lengths_disagree",
          "masks_ids_differ", "model_without_tokenizer", "model_missing", "ds_micro_batch", "ds_batch_arithmetic",
-         "ds_precision", "finished_run"]
+         "ds_precision", "finished_run", "label_shad_tokenizer_differs", "rho1_reference_tokenizer_differs"]
 
 
 @pytest.mark.launch

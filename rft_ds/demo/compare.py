@@ -13,11 +13,17 @@ teacher-forced next-token accuracy and CE on every held-out assistant token, spl
 generator's true roles, and greedy generation of every held-out assistant turn that makes a tool
 call, scored by `rft_ds.tools.evaluate`. The table: one row per variant, each cell the mean ± sample
 standard deviation over seeds, plus each run's training wall time (the last `elapsed_s` of its
-metrics.jsonl)."""
+metrics.jsonl).
+
+Each run's measurement is saved as eval/<run>.measured.json with what it depends on (the model's
+files by name, size and mtime, the held-out data, tokenizer and generation settings): a later report
+(another seed added, an interrupted report) measures only the runs whose key changed; --remeasure
+measures every run again."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -43,6 +49,7 @@ COLUMNS = [("call_exact_match", "tool-call exact match"), ("args_exact_match", "
            ("tf_acc_reasoning", "reasoning-token accuracy"), ("tf_acc_boilerplate", "boilerplate-token accuracy"),
            ("train_wall_s", "training wall time (s)")]
 SUMMARY_KEYS = [k for k, _, _ in HELDOUT_METRICS] + ["train_wall_s"]
+MEASURE_VERSION = 1  # of what a saved measurement (EVAL_DIR/<run>.measured.json) holds
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -117,14 +124,47 @@ def cell(s: dict, digits: int = 3) -> str:
     return f"{fmt(s['mean'], digits)}{pm} (n={s['n']})"
 
 
+def measure_key(model_dir: str, calls_path: Path, heldout_key: dict, max_new_tokens: int, batch_size: int,
+                eval_dtype: str, device) -> dict:
+    """What one run's measurement depends on: the model's files (name, size, mtime), the tool-call turns,
+    the held-out encodings (heldout_key), and the generation settings. A saved measurement with the same
+    key is reused (EVAL_DIR/<run>.measured.json); any change measures the run again."""
+    from rft_ds.fsio import file_digest
+
+    files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in Path(model_dir).iterdir() if p.is_file())
+    return {"version": MEASURE_VERSION, "model_dir": str(Path(model_dir).resolve()), "model_files": files,
+            "calls": file_digest(calls_path, 64), "heldout": heldout_key, "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size, "eval_dtype": eval_dtype, "device": device.type}
+
+
+def _measure_or_reuse(name: str, key: dict, eval_dir: Path, reuse: bool, measure) -> tuple[dict, dict]:
+    """(metrics, timing) of one run: EVAL_DIR/<name>.measured.json's when its key is `key` (and its
+    per-sample file is there), else `measure()`'s, saved with the key."""
+    from rft_ds.fsio import write_json
+
+    saved = eval_dir / f"{name}.measured.json"
+    if reuse and saved.is_file() and (eval_dir / f"{name}.jsonl").is_file():
+        try:
+            got = json.loads(saved.read_text())
+        except (OSError, json.JSONDecodeError):
+            got = {}
+        if got.get("key") == key:
+            return got["metrics"], {}
+    t: dict = {}
+    m = measure(t)
+    write_json(saved, {"key": key, "metrics": m, "timing": t})
+    return m, t
+
+
 def _measure_runs(paths: dict, variants: list[str], seeds: list[int], eval_dir: Path,
                   max_samples: int | None, max_new_tokens: int | None, batch_size: int, eval_dtype: str,
-                  timing: dict, log) -> tuple[dict, dict]:
+                  timing: dict, log, reuse: bool = True) -> tuple[dict, dict]:
     """(compare.json's "heldout", its "runs": {variant: {seed: metrics + train_wall_s, train_steps}})."""
     import torch
 
     from rft_ds.data.render import tokenizer_fingerprint
     from rft_ds.demo.truths import read_roles
+    from rft_ds.fsio import file_digest
     from rft_ds.modeling import load_tokenizer
 
     tok = load_tokenizer(str(paths["base"]))
@@ -137,20 +177,27 @@ def _measure_runs(paths: dict, variants: list[str], seeds: list[int], eval_dir: 
         for s in seeds:
             walls[v, s] = train_wall(paths[f"{v}:{s}"])
             check_run_tokenizer(run_model_dir(paths[f"{v}:{s}"]), fp, heldout, encs, paths["base"])
+    heldout_key = {"heldout": file_digest(paths["heldout"], 64), "roles": file_digest(paths["roles"], 64),
+                   "max_samples": max_samples, "tokenizer": fp}
     runs: dict[str, dict[str, dict]] = {v: {} for v in variants}
     for s in seeds:
         for v in variants:
             name, model_dir = f"{v}-seed{s}", run_model_dir(paths[f"{v}:{s}"])
             wall, steps = walls[v, s]
-            log(f"{name}: teacher-forced pass and greedy generation of {len(calls)} tool-call turns ({model_dir})")
-            t: dict = {}
-            m = measure_run(model_dir, encs, calls_path, eval_dir / f"{name}.jsonl", max_new_tokens, batch_size,
-                            eval_dtype, tok.pad_token_id, device, timing=t)
+
+            def measure(t: dict) -> dict:
+                log(f"{name}: teacher-forced pass and greedy generation of {len(calls)} tool-call turns ({model_dir})")
+                return measure_run(model_dir, encs, calls_path, eval_dir / f"{name}.jsonl", max_new_tokens, batch_size,
+                                   eval_dtype, tok.pad_token_id, device, timing=t)
+
+            key = measure_key(model_dir, calls_path, heldout_key, max_new_tokens, batch_size, eval_dtype, device)
+            m, t = _measure_or_reuse(name, key, eval_dir, reuse, measure)
             timing.update({f"{name}_{k}": x for k, x in t.items()})
-            runs[v][str(s)] = {**m, "train_wall_s": wall, "train_steps": steps, "model_dir": model_dir}
+            runs[v][str(s)] = {**m, "train_wall_s": wall, "train_steps": steps, "model_dir": model_dir,
+                               "measured": "now" if t else "reused"}
             log(f"{name}: call exact match {fmt(m['call_exact_match'])}, args {fmt(m['args_exact_match'])}, TF acc "
                 f"reasoning {fmt(m['tf_acc_reasoning'])}, boilerplate {fmt(m['tf_acc_boilerplate'])} "
-                f"({sum(t.values()):.0f}s)")
+                + (f"({sum(t.values()):.0f}s)" if t else f"(reused {name}.measured.json: same model files and settings)"))
     first = runs[variants[0]][str(seeds[0])]
     heldout_info = {"data": str(paths["heldout"]), "samples": len(heldout), "call_turns": len(calls),
                     "max_new_tokens": max_new_tokens, "tokens_reasoning": first["tokens_reasoning"],
@@ -194,15 +241,19 @@ def render_markdown(rep: dict) -> str:
     if rep.get("phase_timings_s"):
         rows = [[name, f"{sec:.0f}"] for name, sec in rep["phase_timings_s"]]
         out += ["Wall time per phase of the recipe (seconds, this machine):", "", md_table(["phase", "s"], rows), ""]
-    out.append(f"This report took {rep['timing_s']['report_s']:.0f} s (measuring {len(rep['variants']) * len(seeds)} "
-               "runs).")
+    every = [r for v in rep["variants"] for r in rep["runs"][v].values()]
+    fresh = sum(r.get("measured") != "reused" for r in every)
+    out.append(f"This report took {rep['timing_s']['report_s']:.0f} s (measuring {fresh} of the {len(every)} runs"
+               + (f"; {len(every) - fresh} measurements reused from `eval/<run>.measured.json`" if fresh < len(every)
+                  else "") + ").")
     return "\n".join(out)
 
 
 def build_compare(compare_dir: str, data_dir: str, base: str, variants: list[str], seeds: list[int],
                   output: str | None = None, train_data: str | None = None, max_samples: int | None = None,
                   max_new_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  eval_dtype: str = "float32", settings: dict | None = None, log=None) -> tuple[dict, str]:
+                  eval_dtype: str = "float32", settings: dict | None = None, log=None,
+                  reuse: bool = True) -> tuple[dict, str]:
     """Measure every run, write compare.json and compare.md (default COMPARE_DIR/compare.md);
     returns (the compare.json dict, the markdown)."""
     from rft_ds.data.formats import read_conversations
@@ -216,7 +267,7 @@ def build_compare(compare_dir: str, data_dir: str, base: str, variants: list[str
     output = Path(output) if output else compare / "compare.md"
     timing: dict[str, float] = {}
     heldout, runs = _measure_runs(paths, variants, seeds, compare / "eval", max_samples, max_new_tokens,
-                                  batch_size, eval_dtype, timing, log)
+                                  batch_size, eval_dtype, timing, log, reuse)
     rep = {
         "command": command_line(), "compare_dir": str(compare), "data_dir": str(data),
         "model": model_description(paths["base"]),
@@ -241,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     settings = parse_settings(args.setting)
     _, md = build_compare(args.compare_dir, args.data_dir, args.base, args.variants, args.seeds, args.output,
                           args.train_data, args.max_samples, args.max_new_tokens, args.batch_size, args.eval_dtype,
-                          settings)
+                          settings, reuse=not args.remeasure)
     out = Path(args.output) if args.output else Path(args.compare_dir) / "compare.md"
     print(md + f"\n\nwrote {out} and {out.with_suffix('.json')}", flush=True)
     return 0
@@ -273,4 +324,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a budget setting of the runs, shown in the report (repeatable)")
     p.add_argument("--eval-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the held-out forward passes and generation (default: %(default)s)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure every run again; by default a run whose model files and settings are those of "
+                        "its saved measurement (COMPARE_DIR/eval/<run>.measured.json) is not measured twice")
     p.set_defaults(func=run)

@@ -94,16 +94,11 @@ def label(cfg: LabelConfig) -> int:
 def _encode(cfg: LabelConfig):
     """The base model's tokenizer (the SHAD model's must be the same), and every sample encoded
     (through the tokenized cache; samples without a loss token are kept: records cover every id)."""
-    from rft_ds.data.render import tokenizer_fingerprint
-    from rft_ds.modeling import load_tokenizer
+    from rft_ds.modeling import check_same_tokenizer, load_tokenizer
     from rft_ds.runtime import CacheSpec, tokenized
 
     tok = load_tokenizer(cfg.base)
-    fp = tokenizer_fingerprint(tok)
-    shad_fp = tokenizer_fingerprint(load_tokenizer(cfg.shad))
-    if shad_fp != fp:
-        raise ConfigError(f"the SHAD model's tokenizer ({cfg.shad}: {shad_fp}) differs from the base model's "
-                          f"({cfg.base}: {fp}); SHAD must tune a copy of the same base model")
+    fp = check_same_tokenizer(tok, cfg.base, cfg.shad, "--shad", "SHAD must tune a copy of the same base model")
     encs, _ = tokenized(cfg.data, tok, cfg.max_seq_len, cfg.on_overflow, CacheSpec.of(cfg), keep_empty=True)
     return tok, fp, encs
 

@@ -34,6 +34,7 @@ from rft_ds.data.render import encode_dataset, tokenizer_fingerprint
 from rft_ds.ds_config import default_ds_config, load_ds_config, precision_of, resolve_ds_config, resolved_flags
 from rft_ds.fsio import append_line, atomic_write, dumps_line, fault_point, read_jsonl_tail_safe, write_json
 from rft_ds.monitor import Progress, model_flop_counts, monitor_config, peak_flops, step_flops
+from rft_ds.modeling import check_same_tokenizer
 from rft_ds.monitor import write as write_monitor
 from rft_ds.runtime import LoraSpec, build_engine, claim_output
 from rft_ds.train.checkpoint import load_checkpoint, save_checkpoint
@@ -54,6 +55,8 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
                          "--overwrite to replace it")
     t_start = time.time()
     tok, encs, data_info = _load_data(cfg, convs)
+    if cfg.loss == "rho1":  # before any model is loaded
+        check_same_tokenizer(tok, cfg.model, cfg.reference, "--reference", "the excess loss compares the same tokens")
     cfg, ds, precision = _resolve(cfg, str(out))
     W, R = dist.world_size(), dist.rank()
     G = cfg.micro_batch_size * cfg.grad_accum * W
@@ -63,7 +66,7 @@ def train(cfg: TrainConfig, convs: list[Conversation] | None = None, extra_files
     random.seed(cfg.seed)
     built = _build(cfg, ds, precision, total)
     engine, device = built.engine, built.engine.device
-    ref = _build_reference(cfg, ds, precision, tok) if cfg.loss == "rho1" else None
+    ref = _build_reference(cfg, ds, precision) if cfg.loss == "rho1" else None
     start = load_checkpoint(engine, out) if cfg.resume else 0
     _start_files(out, start, {"config": cfg.to_json(), "ds_config": ds, "world_size": W, "precision": precision,
                               **data_info}, extra_files)
@@ -198,18 +201,13 @@ def _build(cfg: TrainConfig, ds: dict, precision: str, total: int):
                         scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total)))
 
 
-def _build_reference(cfg: TrainConfig, ds: dict, precision: str, tok):
+def _build_reference(cfg: TrainConfig, ds: dict, precision: str):
     """Rho-1's reference model: an inference engine under the training JSON's ZeRO-3 (partitioned
     like the model, no optimizer), or whole on every rank where the JSON's stage (0-2) partitions
     only optimizer state and gradients, which a frozen model does not have."""
     from rft_ds.ds_config import inference_ds_config
-    from rft_ds.errors import ConfigError
-    from rft_ds.modeling import load_tokenizer, model_hidden_size
+    from rft_ds.modeling import model_hidden_size
 
-    ref_fp = tokenizer_fingerprint(load_tokenizer(cfg.reference))
-    if ref_fp != tokenizer_fingerprint(tok):
-        raise ConfigError(f"--reference {cfg.reference}: its tokenizer ({ref_fp}) differs from the model's "
-                          f"({cfg.model}: {tokenizer_fingerprint(tok)}); the excess loss compares the same tokens")
     zero = ds.get("zero_optimization") or {}
     zero = {k: v for k, v in zero.items() if k != "offload_optimizer"} if zero.get("stage") == 3 else {"stage": 0}
     rds = inference_ds_config({"zero_optimization": zero}, dist.world_size(), precision,
