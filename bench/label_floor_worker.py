@@ -142,7 +142,6 @@ def main() -> None:
     from rft_ds.data.batching import collate
 
     mine_batches = [b for j, b in enumerate(batches) if j % W == R]
-    by_id = {s[0]: s for s in samples}
 
     def floor_batches():
         """label's own batches (rft_ds collate: right-padded, attention mask), plain HF forwards,
@@ -155,8 +154,7 @@ def main() -> None:
             for m in models:
                 h = m.model(input_ids=x, attention_mask=att).last_hidden_state[:, :-1][mb.target_mask.to(device)]
                 ces.append(F.cross_entropy(m.lm_head(h).float(), mb.targets.to(device), reduction="none"))
-            split = [by_id[i][2].numel() for i in b]
-            parts = [c.split(split) for c in ces]
+            parts = [c.split(mb.target_mask.sum(1).tolist()) for c in ces]  # per sample, in batch order
             for k, i in enumerate(b):
                 out[i] = [p[k] for p in parts]
         return out

@@ -124,17 +124,16 @@ def cell(s: dict, digits: int = 3) -> str:
     return f"{fmt(s['mean'], digits)}{pm} (n={s['n']})"
 
 
-def measure_key(model_dir: str, calls_path: Path, heldout_key: dict, max_new_tokens: int, batch_size: int,
-                eval_dtype: str, device) -> dict:
-    """What one run's measurement depends on: the model's files (name, size, mtime), the tool-call turns,
-    the held-out encodings (heldout_key), and the generation settings. A saved measurement with the same
-    key is reused (EVAL_DIR/<run>.measured.json); any change measures the run again."""
-    from rft_ds.fsio import file_digest
-
+def measure_key(model_dir: str, heldout_key: dict, max_new_tokens: int, batch_size: int, eval_dtype: str,
+                device) -> dict:
+    """What one run's measurement depends on: the model's files (name, size, mtime), the held-out data
+    (heldout_key: held-out file, roles, tool-call turns, tokenizer), and the generation settings. A saved
+    measurement with the same key is reused (EVAL_DIR/<run>.measured.json); any change measures the run
+    again."""
     files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in Path(model_dir).iterdir() if p.is_file())
     return {"version": MEASURE_VERSION, "model_dir": str(Path(model_dir).resolve()), "model_files": files,
-            "calls": file_digest(calls_path, 64), "heldout": heldout_key, "max_new_tokens": max_new_tokens,
-            "batch_size": batch_size, "eval_dtype": eval_dtype, "device": device.type}
+            "heldout": heldout_key, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+            "eval_dtype": eval_dtype, "device": device.type}
 
 
 def _measure_or_reuse(name: str, key: dict, eval_dir: Path, reuse: bool, measure) -> tuple[dict, dict]:
@@ -178,7 +177,7 @@ def _measure_runs(paths: dict, variants: list[str], seeds: list[int], eval_dir: 
             walls[v, s] = train_wall(paths[f"{v}:{s}"])
             check_run_tokenizer(run_model_dir(paths[f"{v}:{s}"]), fp, heldout, encs, paths["base"])
     heldout_key = {"heldout": file_digest(paths["heldout"], 64), "roles": file_digest(paths["roles"], 64),
-                   "max_samples": max_samples, "tokenizer": fp}
+                   "calls": file_digest(calls_path, 64), "max_samples": max_samples, "tokenizer": fp}
     runs: dict[str, dict[str, dict]] = {v: {} for v in variants}
     for s in seeds:
         for v in variants:
@@ -190,7 +189,7 @@ def _measure_runs(paths: dict, variants: list[str], seeds: list[int], eval_dir: 
                 return measure_run(model_dir, encs, calls_path, eval_dir / f"{name}.jsonl", max_new_tokens, batch_size,
                                    eval_dtype, tok.pad_token_id, device, timing=t)
 
-            key = measure_key(model_dir, calls_path, heldout_key, max_new_tokens, batch_size, eval_dtype, device)
+            key = measure_key(model_dir, heldout_key, max_new_tokens, batch_size, eval_dtype, device)
             m, t = _measure_or_reuse(name, key, eval_dir, reuse, measure)
             timing.update({f"{name}_{k}": x for k, x in t.items()})
             runs[v][str(s)] = {**m, "train_wall_s": wall, "train_steps": steps, "model_dir": model_dir,

@@ -33,8 +33,8 @@ from rft_ds.data.formats import Conversation
 from rft_ds.data.render import encode_dataset, tokenizer_fingerprint
 from rft_ds.ds_config import default_ds_config, load_ds_config, precision_of, resolve_ds_config, resolved_flags
 from rft_ds.fsio import append_line, atomic_write, dumps_line, fault_point, read_jsonl_tail_safe, write_json
-from rft_ds.monitor import Progress, model_flop_counts, monitor_config, peak_flops, step_flops
 from rft_ds.modeling import check_same_tokenizer
+from rft_ds.monitor import Progress, model_flop_counts, monitor_config, peak_flops, step_flops
 from rft_ds.monitor import write as write_monitor
 from rft_ds.runtime import LoraSpec, build_engine, claim_output
 from rft_ds.train.checkpoint import load_checkpoint, save_checkpoint
