@@ -35,7 +35,7 @@ $(SMOLLM2_DIR)/rft_ds_fetch.json: | $(BIN)/rft-ds
 install: $(BIN)/rft-ds $(SMOLLM2_DIR)/rft_ds_fetch.json
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/demo/run.sh

@@ -21,8 +21,13 @@ smallest one's (target <= 1.2), and tokenizing throughput of the cold build at -
 in-memory single-process encode (target >= 1.7; this machine has 2 cores).
 
 Then `rft-ds label` (2 ranks, a tiny model pair, the data preprocessed first so the cache is warm) at
---label-sizes: the ranks' peak RSS, rank 0 merging every shard into masks.jsonl, as bytes per token of
-data between the smallest and largest size (target <= 4, as for train).
+--label-sizes: the ranks' peak anonymous memory over the whole launch (forward rounds, the per-chunk
+gather to rank 0, rank 0's merge into masks.jsonl), as bytes per token of data between the smallest
+and largest size (target <= 4, as for train). At --max-seq-len 512 the longest batch is 16 x 512
+tokens at every size (the demo's longest samples are ~560 tokens; the largest draw holds longer ones
+than the smallest), so its activations, label's peak, are the same and the difference is the data.
+Peak RSS (VmHWM) is kept as a detail: it adds the file pages of the memory-mapped cache that the
+rounds have read (shared by the node's ranks, dropped under pressure), which grow with the cache file.
 
     .venv/bin/python bench/fig8_data_scale.py [--sizes 1000 20000 100000] [--label-sizes 1000 30000]
 """
@@ -137,29 +142,30 @@ def one(model: Path, data: Path, mode: str, cache: Path, out: Path) -> dict:
 
 def label_one(n: int) -> dict:
     """A 2-rank `rft-ds label` of n samples with a tiny model pair (the records' memory does not depend
-    on the model's size; SmolLM2 would take hours at 30k samples here), warm cache: the ranks' peak RSS
-    (rank 0 merges the shards into masks.jsonl)."""
+    on the model's size; SmolLM2 would take hours at 30k samples here), warm cache, --max-seq-len 512
+    (the same longest batch at every size): the ranks' peak memory (rank 0 merges into masks.jsonl)."""
     from common import build_model, perturbed_copy
 
     w = work_dir() / "data_scale"
     base = build_model(w / "label-tiny", hidden=64, layers=2, heads=4, vocab=1000)
     shad = perturbed_copy(base, w / "label-tiny-shad")
     data, cache, out = demo_data(n), w / f"cache-label-{n}", w / f"label-{n}"
-    shutil.rmtree(out, ignore_errors=True)
+    for d in (out, cache):  # one cache entry: the one this preprocess builds
+        shutil.rmtree(d, ignore_errors=True)
     out.mkdir(parents=True)
     args = ["label", "--base", str(base), "--shad", str(shad), "--data", str(data), "--output", str(out / "masks.jsonl"),
-            "--max-seq-len", "1024", "--batch-size", "16", "--deepspeed", "ds_configs/zero0.json",
+            "--max-seq-len", "512", "--batch-size", "16", "--deepspeed", "ds_configs/zero0.json",
             "--cache-dir", str(cache), "--num-proc", "2"]
     subprocess.run([str(BIN / "rft-ds"), "preprocess", "--model", str(base), "--data", str(data), "--max-seq-len",
-                    "1024", "--cache-dir", str(cache), "--num-proc", "2"], check=True, capture_output=True, env=env())
+                    "512", "--cache-dir", str(cache), "--num-proc", "2"], check=True, capture_output=True, env=env())
     built = sorted(cache.glob("*/done.json"))
     r = launch_measured(args, out / "label.log", out / "label.probe")
     del r["out"]
     r["cache_was_warm"] = sorted(cache.glob("*/done.json")) == built  # label built no cache of its own
     r["masks_bytes"] = (out / "masks.jsonl").stat().st_size
-    r["tokens"] = json.loads(next(cache.glob("*/done.json")).read_text())["tokens"]  # the data's tokens
-    say(f"data scale label {n} samples (tiny models, warm cache): peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
-        f"(anon {r['peak_anon'] / 2**20:.0f}), {r['tokens']} tokens")
+    r["tokens"] = json.loads(built[0].read_text())["tokens"]  # the data's tokens (after truncation)
+    say(f"data scale label {n} samples (tiny models, warm cache): peak anon {r['peak_anon'] / 2**20:.0f} MiB "
+        f"(peak RSS {r['peak_rss'] / 2**20:.0f}, file {r['peak_file'] / 2**20:.0f}), {r['tokens']} tokens")
     return r
 
 
@@ -177,11 +183,28 @@ def encode_rate(model: Path, data: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000, 100000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 20000, 100000],
+                    help="sizes for the train launches; fewer than 2: skip them (label only)")
     ap.add_argument("--model", default=str(ROOT / ".venv" / "models" / "smollm2-135m"))
     ap.add_argument("--label-sizes", type=int, nargs="*", default=[1000, 30000],
-                    help="sizes for label's peak RSS (tiny models); none: skip")
+                    help="sizes for label's peak memory (tiny models); none: skip")
     a = ap.parse_args()
+    if len(set(a.sizes)) >= 2:
+        train_figures(a)
+    lab = {n: label_one(n) for n in a.label_sizes}  # after the train figures: they are saved already
+    if len(lab) >= 2:
+        lo, hi = min(lab), max(lab)
+        dtok = lab[hi]["tokens"] - lab[lo]["tokens"]
+        per_tok = {k: (lab[hi][k] - lab[lo][k]) / dtok for k in ("peak_anon", "peak_rss", "peak_file")}
+        save_figure("fig8_label_peak_anon_bytes_per_token", per_tok["peak_anon"], "<= 4",
+                    {"runs": lab, "sizes": [lo, hi], "bytes_per_token": per_tok, "max_seq_len": 512,
+                     "model": "tiny (hidden 64, vocab 1000)"})
+        print(f"label per rank: peak anon {lo}: {lab[lo]['peak_anon'] / 2**20:.0f} MiB, {hi}: "
+              f"{lab[hi]['peak_anon'] / 2**20:.0f} MiB; " + ", ".join(f"{k} {v:.2f}" for k, v in per_tok.items())
+              + " B per token of data")
+
+
+def train_figures(a) -> None:
     model, w = Path(a.model), work_dir() / "data_scale"
     res: dict[str, dict] = {}
     for n in a.sizes:
@@ -208,14 +231,6 @@ def main() -> None:
     print(json.dumps({k: v for k, v in detail.items() if k != "runs"}, indent=2))
     print(f"warm start-up ratio {hi}/{lo}: {first:.2f}; cold build at 2 procs / one-process encode: "
           f"{rate_cold / rate_mem:.2f}")
-    lab = {n: label_one(n) for n in a.label_sizes}  # after the train figures: they are saved already
-    if len(lab) >= 2:
-        lo_l, hi_l = min(lab), max(lab)
-        per_tok_label = (lab[hi_l]["peak_rss"] - lab[lo_l]["peak_rss"]) / (lab[hi_l]["tokens"] - lab[lo_l]["tokens"])
-        save_figure("fig8_label_peak_rss_bytes_per_token", per_tok_label, "<= 4",
-                    {"runs": lab, "sizes": [lo_l, hi_l], "model": "tiny (hidden 64, vocab 1000)"})
-        print(f"label peak RSS per rank: {lo_l}: {lab[lo_l]['peak_rss'] / 2**20:.0f} MiB, {hi_l}: "
-              f"{lab[hi_l]['peak_rss'] / 2**20:.0f} MiB; {per_tok_label:.2f} B per token of data")
 
 
 if __name__ == "__main__":

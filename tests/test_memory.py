@@ -193,6 +193,29 @@ def test_label_pass_two_models_forward_only():
     assert label["activations_gb"] < train["activations_gb"]
 
 
+@pytest.mark.parametrize("offload", m.OFFLOAD_CHOICES)
+@pytest.mark.parametrize("lora_rank", [0, 16])
+def test_rho1_adds_one_frozen_bf16_copy_of_the_base_model(offload, lora_rank):
+    """Rho-1's reference is the whole base model (also when training LoRA), frozen, partitioned like
+    label's models: 2 B per parameter over the ranks (on the host with offload all), and nothing else
+    at the backward's peak (its no-grad forwards run before the training forward)."""
+    arch = m.load_arch("llama3-70b")
+    counts = m.count_params(arch, lora_rank)
+    s = m.Settings(nodes=2, gpus_per_node=8, offload=offload, lora_rank=lora_rank, grad_ckpt=True)
+    train, rho1 = m.train_pass(arch, counts, s), m.plan_for(arch, counts, s)["rho1"]
+    persistent = counts.persistent  # norms: whole on every GPU
+    ref_gpu = 2 * persistent + (0 if offload == "all" else 2 * (counts.total - persistent) / 16)
+    assert counts.total == 70_553_706_496  # the base model's count, adapters not included
+    assert (rho1["params_gb"] - train["params_gb"]) * m.GIB == pytest.approx(ref_gpu)
+    assert (rho1["total_gpu_gb"] - train["total_gpu_gb"]) * m.GIB == pytest.approx(ref_gpu)
+    for k in ("grads_gb", "optimizer_gb", "buffers_gb", "activations_gb"):
+        assert rho1[k] == train[k], k
+    if offload == "all":  # the reference's partitions are resident on the host, like the model's
+        assert (rho1["cpu_gb"] - train["cpu_gb"]) * m.GIB == pytest.approx(1.4 * 2 * (counts.total - persistent) / 2)
+    label = m.label_pass(arch, counts, s)
+    assert (rho1["params_gb"] - train["params_gb"]) == pytest.approx(label["params_gb"] / 2)
+
+
 def test_smallest_cluster_is_minimal():
     arch = m.load_arch("llama3-70b")
     counts = m.count_params(arch)
@@ -200,10 +223,13 @@ def test_smallest_cluster_is_minimal():
     sc = m.smallest_cluster(arch, counts, s)
     n = sc["nodes"]
     assert n is not None and 1 <= n <= 64
-    fits = lambda k: all(v["fits"] for v in m.plan_for(arch, counts, m._with(s, nodes=k)).values())
+    fits = lambda k: all(m.plan_for(arch, counts, m._with(s, nodes=k))[p]["fits"] for p in m.PASSES)
     assert fits(n) and (n == 1 or not fits(n - 1))
     assert sc["by_offload"]["none"] == n
     assert sc["by_offload"]["optimizer"] <= n
+    r = sc["per_pass"]["rho1"]  # the baseline's own smallest cluster, not part of "every pass"
+    assert r >= sc["per_pass"]["train"] and m.plan_for(arch, counts, m._with(s, nodes=r))["rho1"]["fits"]
+    assert r == 1 or not m.plan_for(arch, counts, m._with(s, nodes=r - 1))["rho1"]["fits"]
 
 
 def test_nothing_fits_explains_why():
@@ -264,7 +290,7 @@ def test_cli_json_llama3_70b(capsys):
     assert plan["model"] == "llama3-70b"
     assert plan["params"] == 70_553_706_496
     assert plan["nodes"] == 2 and plan["gpus_per_node"] == 8
-    assert set(plan["passes"]) == {"train", "label"}
+    assert set(plan["passes"]) == {"train", "label", "rho1"}
     for name, row in plan["passes"].items():
         for key in PASS_KEYS:
             assert isinstance(row[key], (int, float)) and row[key] >= 0, (name, key)
@@ -281,7 +307,7 @@ def test_cli_table(capsys, offload):
     assert rc == 0
     out = capsys.readouterr().out
     assert f"offload={offload}" in out
-    assert "\ntrain " in out and "\nlabel " in out
+    assert "\ntrain " in out and "\nlabel " in out and "\nrho1 " in out
     assert "Smallest cluster that fits" in out
 
 

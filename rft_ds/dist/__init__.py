@@ -41,7 +41,7 @@ alone did not stop it: CI saw it again), so its exit status is its own (2 for a 
 
 
 from rft_ds.dist.collectives import (all_gather_object, all_gather_padded, all_reduce_max_int, all_reduce_sum, barrier,
-                                    broadcast_object)
+                                    broadcast_object, gather_object)
 from rft_ds.dist.failure import (DEFAULT_HEARTBEAT_S, HEARTBEAT_ENV, RankFailure, describe_failure,
                                  looks_like_comm_failure, note_error, note_exit, peer_report)
 from rft_ds.dist.group import exit_now, init, shutdown
@@ -52,6 +52,6 @@ from rft_ds.dist.ranks import _state  # noqa: F401 (the shared state; tests patc
 
 __all__ = ["DEFAULT_HEARTBEAT_S", "DEFAULT_TIMEOUT_MIN", "HEARTBEAT_ENV", "RankFailure", "all_gather_object",
            "all_gather_padded", "all_reduce_max_int", "all_reduce_sum", "barrier", "broadcast_object", "cpu_threads", "describe_failure",
-           "device", "exit_now", "free_port", "init", "is_main", "local_rank", "log", "looks_like_comm_failure",
+           "device", "exit_now", "free_port", "gather_object", "init", "is_main", "local_rank", "log", "looks_like_comm_failure",
            "note_error", "note_exit", "on_gpu", "peer_report", "rank", "shm_segment_path", "shutdown",
            "warn_all", "warn_stale_build_locks", "world_size"]

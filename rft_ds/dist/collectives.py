@@ -68,6 +68,18 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def gather_object(obj, dst: int = 0) -> list | None:
+    """Every rank's object on rank `dst` (a list, rank order); None elsewhere. One collective on
+    every rank; unlike all_gather_object, the other ranks receive nothing."""
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if dist.get_rank() == dst else None
+    _guard("gather_object", dist.gather_object, obj, out, dst)
+    return out
+
+
 def broadcast_object(obj, src: int = 0):
     import torch.distributed as dist
 

@@ -6,8 +6,8 @@ For every assistant (loss) token y_k of every sample, teacher-forced on the orig
     claim the output -> tokenize -> plan batches and chunks (rft_ds/label/chunks.py) -> load the
     base and SHAD models (both partitioned under ZeRO-3) -> forward rounds: in round r rank R runs
     batch r*W + R, or a dummy batch whose result it discards, so every rank makes the same forward
-    passes and collectives -> after each chunk, records are gathered to rank 0, which writes the
-    chunk file -> rank 0 merges the chunks into the masks file.
+    passes and collectives -> after each chunk, the ranks' records are gathered to rank 0 alone,
+    which writes the chunk file -> rank 0 merges the chunks into the masks file.
 Per-token losses: logits only at loss positions, --logits-chunk positions at a time, fp32.
 """
 
@@ -70,7 +70,7 @@ def label(cfg: LabelConfig) -> int:
         for k in pending:
             recs, n = _chunk_rounds(cfg, engines, tok, fp, encs, batches, k, n_rounds, progress, t_fwd, n_tok)
             n_tok += n
-            gathered = dist.all_gather_object(recs)
+            gathered = dist.gather_object(recs)  # to rank 0 only: no rank but the writer holds others' records
             if dist.is_main():
                 write_chunk(work, k, gathered)
             fault_point("label-chunk", k)

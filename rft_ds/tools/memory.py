@@ -48,7 +48,8 @@ Activations (bf16, FlashAttention/SDPA so no seq x seq matrix), per decoder laye
     the bf16 gradient of the logits; bench/fig7_loss_memory.py measures 12-14 B in fp32, where the
     bf16 tensors do not exist). Label (no grad): 10 B (bf16 logits, fp32 copy, fp32 log-softmax).
 Passes: `train` (SHAD tuning, SFT and RFT have the same footprint); `label` runs two models of this
-architecture forward only (no grads, no optimizer), one after the other, both resident.
+architecture forward only (no grads, no optimizer), one after the other, both resident; `rho1` (the
+Rho-1 baseline, shown but not in "every pass") is train plus one frozen bf16 copy of the base model.
 Host memory per node: resident offloaded state, or when nothing is offloaded the load-time peak
     DeepSpeed assumes (each of the node's G ranks holds the largest module in fp32 while zero.Init
     partitions it, 4 B x L x G), times --host-overhead-factor (default 1.4) for pinned-memory
@@ -73,7 +74,8 @@ from rft_ds.errors import ConfigError
 GIB = 2**30
 FACTS_DIR = Path(__file__).with_name("model_facts")
 OFFLOAD_CHOICES = ("none", "optimizer", "all")
-PASSES = ("train", "label")
+PASSES = ("train", "label")   # the three passes of SHAD + RFT: "every pass fits" means these
+ROWS = PASSES + ("rho1",)     # rho1: train --loss rho1, the baseline with a frozen reference model
 MAX_NODES = 64
 
 REQUIRED_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -386,8 +388,20 @@ def _gathered_params(counts: ParamCounts, s: Settings, train: bool) -> int:
     return live + k.prefetch_bucket_size
 
 
-def train_pass(arch: Arch, counts: ParamCounts, s: Settings) -> dict:
-    """Bytes per GPU (and per node for cpu) for one training step."""
+def _frozen_copy(counts: ParamCounts, s: Settings) -> tuple[float, float]:
+    """One frozen, forward-only copy of the base model under ZeRO-3 (bf16): (bytes per GPU, bytes
+    resident per node). Offload all: its partitions live on the host."""
+    off_param = s.offload == "all"
+    partitioned = BF16 * (counts.total - counts.persistent)
+    gpu = BF16 * counts.persistent + (0 if off_param else partitioned / s.world)
+    return gpu, (partitioned / s.nodes if off_param else 0.0)
+
+
+def train_pass(arch: Arch, counts: ParamCounts, s: Settings, frozen_copies: int = 0) -> dict:
+    """Bytes per GPU (and per node for cpu) for one training step. `frozen_copies`: frozen models
+    beside the trained one (Rho-1's reference: 1), whose no-grad forwards run before the training
+    forward, so their gathered parameters and activations are gone by the backward's peak and only
+    their partitions add."""
     n, k = s.world, s.knobs
     lora = s.lora_rank > 0
     base = counts.total + (counts.lora if lora else 0)      # every parameter ZeRO-3 manages
@@ -396,7 +410,8 @@ def train_pass(arch: Arch, counts: ParamCounts, s: Settings) -> dict:
     off_opt = s.offload in ("optimizer", "all")
     off_param = s.offload == "all"
 
-    params = BF16 * persistent + (0 if off_param else BF16 * (base - persistent) / n)
+    frozen_gpu, frozen_host = _frozen_copy(counts, s)
+    params = BF16 * persistent + (0 if off_param else BF16 * (base - persistent) / n) + frozen_copies * frozen_gpu
     grads = 0 if off_opt else BF16 * trained / n
     optimizer = 0 if off_opt else OPTIMIZER_BYTES * trained / n
     largest_trained = counts.lora_largest_tensor if lora else counts.largest_module
@@ -411,23 +426,21 @@ def train_pass(arch: Arch, counts: ParamCounts, s: Settings) -> dict:
     if off_opt:
         resident += (OPTIMIZER_BYTES + HOST_GRAD_BYTES) * trained / s.nodes
     if off_param:
-        resident += BF16 * (base - persistent) / s.nodes
+        resident += BF16 * (base - persistent) / s.nodes + frozen_copies * frozen_host
     cpu = s.host_overhead_factor * max(load, resident)
     return _finish(params, grads, optimizer, fwd_bwd, step, activations, comm, runtime, cpu, s)
 
 
 def label_pass(arch: Arch, counts: ParamCounts, s: Settings) -> dict:
     """Two models of this architecture, forward only, both resident, run one after the other."""
-    n, models = s.world, 2
-    off_param = s.offload == "all"
-    per_model = BF16 * counts.persistent + (0 if off_param else BF16 * (counts.total - counts.persistent) / n)
+    models = 2
+    per_model, per_model_host = _frozen_copy(counts, s)
     params = models * per_model
     buffers = BF16 * _gathered_params(counts, s, train=False)
     activations = activation_bytes(arch, s, train=False)
     runtime = s.runtime_reserve_gb * GIB
     load = FP32 * counts.largest_module * s.gpus_per_node
-    resident = models * BF16 * (counts.total - counts.persistent) / s.nodes if off_param else 0.0
-    cpu = s.host_overhead_factor * max(load, resident)
+    cpu = s.host_overhead_factor * max(load, models * per_model_host)
     return _finish(params, 0, 0, buffers, 0, activations, 0, runtime, cpu, s)
 
 
@@ -475,20 +488,23 @@ def deepspeed_reference(total_params: int, largest_layer_params: int, gpus_per_n
 
 
 def plan_for(arch: Arch, counts: ParamCounts, s: Settings) -> dict:
-    return {"train": train_pass(arch, counts, s), "label": label_pass(arch, counts, s)}
+    return {"train": train_pass(arch, counts, s), "label": label_pass(arch, counts, s),
+            "rho1": train_pass(arch, counts, s, frozen_copies=1)}
 
 
 def smallest_cluster(arch: Arch, counts: ParamCounts, s: Settings) -> dict:
-    """Smallest node count in 1..64 (same GPUs per node and offload) where every pass fits."""
-    per_pass: dict[str, int | None] = {p: None for p in PASSES}
+    """Smallest node count in 1..64 (same GPUs per node and offload) where every pass fits (train and
+    label; per_pass also has the rho1 baseline's)."""
+    per_pass: dict[str, int | None] = {p: None for p in ROWS}
     both = None
     for nodes in range(1, MAX_NODES + 1):
         passes = plan_for(arch, counts, _with(s, nodes=nodes))
-        for p in PASSES:
+        for p in ROWS:
             if per_pass[p] is None and passes[p]["fits"]:
                 per_pass[p] = nodes
-        if all(passes[p]["fits"] for p in PASSES):
+        if both is None and all(passes[p]["fits"] for p in PASSES):
             both = nodes
+        if all(v is not None for v in per_pass.values()):
             break
     by_offload = {}
     for off in OFFLOAD_CHOICES:
@@ -646,14 +662,15 @@ def format_table(plan: dict) -> str:
     header = f"{'pass':<6}" + "".join(f"{label:>10}" for _, label in COLUMNS) + f"{'fits':>6}"
     lines.append(header)
     lines.append("-" * len(header))
-    for name in PASSES:
+    for name in ROWS:
         row = p["passes"][name]
         lines.append(f"{name:<6}" + "".join(f"{row[key]:>10.2f}" for key, _ in COLUMNS)
                      + f"{'yes' if row['fits'] else 'NO':>6}")
     lines.append("")
     per = sc["per_pass"]
     lines.append(f"Smallest cluster that fits ({sc['gpus_per_node']} GPUs/node, offload={sc['offload']}): "
-                 f"{_nodes_str(sc['nodes'])}  [train: {_nodes_str(per['train'])}, label: {_nodes_str(per['label'])}]")
+                 f"{_nodes_str(sc['nodes'])}  [train: {_nodes_str(per['train'])}, label: {_nodes_str(per['label'])}; "
+                 f"rho1: {_nodes_str(per['rho1'])}]")
     other = ", ".join(f"{k}: {_nodes_str(v)}" for k, v in sc["by_offload"].items())
     lines.append(f"  by offload option: {other}")
     for reason in sc["why_none"]:
@@ -663,7 +680,8 @@ def format_table(plan: dict) -> str:
         lines.append(f"DeepSpeed estimate_zero3_model_states_mem_needs: {ds['gpu_gb']:.2f} GiB/GPU, "
                      f"{ds['cpu_gb']:.2f} GiB/node; ours (params+grads+optim+buffers): {ds['ours_gpu_gb']:.2f} "
                      f"({ds['gpu_diff_pct']:+.1f}%), CPU {ds['ours_cpu_gb']:.2f} ({ds['cpu_diff_pct']:+.1f}%)")
-    lines.append("train = SHAD tuning / SFT / RFT; label = two models, forward only. buffers = the larger of the "
+    lines.append("train = SHAD tuning / SFT / RFT; label = two models, forward only; rho1 = the Rho-1 baseline "
+                 "(train --loss rho1: + its frozen reference model; not in 'every pass'). buffers = the larger of the "
                  "ZeRO-3 gathered params (+prefetch, +largest grad) and the optimizer step's fp32 grad copy; "
                  "comm = grad reduce bucket; runtime = CUDA/NCCL reserve. total/GPU is the peak of the "
                  "backward (with activations) and the optimizer step (without), so it can be less than the "
