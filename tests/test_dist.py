@@ -96,3 +96,52 @@ def test_cpu_threads_share_the_cores_among_local_ranks(local_size, omp, expect):
     n, cores, now = map(int, r.stdout.split())
     assert n == now
     assert n == {"half": max(1, cores // 2), "all": cores, "1": 1}[expect]
+
+
+SIGTERM_PROBE = textwrap.dedent("""
+    import datetime, os, sys, time
+    from torch.distributed import TCPStore
+    store = TCPStore("127.0.0.1", int(os.environ["MASTER_PORT"]), is_master=True, wait_for_workers=False,
+                     timeout=datetime.timedelta(seconds=10))
+    from rft_ds.dist import failure
+    failure._install_failure_reporting()
+    hb = failure._state["hb"]
+    assert hb is not None
+    hold = sys.argv[1] == "hold"
+    if hold:
+        hb.lock.acquire()  # as if the main thread were inside a store call when the signal came
+    print("ready", flush=True)
+    while True:
+        sys.stderr.write("the interrupted code writing to stderr\\n")
+        time.sleep(0.001)
+""")
+
+
+@pytest.mark.parametrize("hold", ["hold", "free"])
+def test_sigterm_names_itself_and_exits_even_mid_store_call(tmp_path, hold):
+    """The launcher SIGTERMs the survivors once a rank died: each must print its one line and die,
+    whatever its main thread was doing: writing to stderr, or holding the heartbeat lock that the
+    exit note needs (not reentrant: waiting on it would hang the rank until the launcher's SIGKILL)."""
+    import signal
+    import time
+
+    port = free_port()
+    e = env({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+             "RFT_DS_HEARTBEAT_S": "0.2"})
+    p = subprocess.Popen([str(BIN / "python"), "-u", "-c", SIGTERM_PROBE, hold], cwd=ROOT, env=e,
+                         stdout=subprocess.PIPE, stderr=open(tmp_path / "err.txt", "w"), text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # heartbeats running, stderr being written
+        t0 = time.time()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=20)
+        took = time.time() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = (tmp_path / "err.txt").read_text()
+    assert rc == -signal.SIGTERM, (rc, err[-2000:])
+    assert took < 5, took  # not stuck on the lock
+    assert err.count("[rank 0] received SIGTERM: the launcher stops every rank") == 1, err[-2000:]

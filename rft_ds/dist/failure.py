@@ -73,9 +73,15 @@ class _Heartbeat:
     def notes(self) -> dict[int, str]:
         return self._read("exit")
 
-    def note(self, kind: str, text: str) -> None:
-        with self.lock:
+    def note(self, kind: str, text: str, wait: float = -1) -> None:
+        """Record this rank's exit note; `wait` >= 0: give up after that many seconds for the lock (a
+        signal handler: the interrupted main thread may hold it, and the lock is not reentrant)."""
+        if not self.lock.acquire(timeout=wait):
+            return
+        try:
             self.store.set(f"{_KEY}exit/{rank()}", f"{kind} {text}"[:600])
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         self.stop.set()
@@ -115,11 +121,16 @@ def _on_sigterm(signum, frame) -> None:
     _state["terminating"] = True
     if _state["reporting"]:
         return  # the peer check in progress ends early and the error is raised as usual
-    note_exit("peer", "stopped by SIGTERM")
+    # the line first, straight to fd 2: no Python stream (the interrupted code may be writing to it)
     with contextlib.suppress(Exception):
-        warn_all("received SIGTERM: the launcher stops every rank once one rank has exited; the cause is the "
-                 "first error in the ranks' logs (a rank killed without a message shows only in the launcher's "
-                 "'exits with return code' line: check the OOM killer (dmesg) or the scheduler)")
+        os.write(2, (f"[rank {rank()}] received SIGTERM: the launcher stops every rank once one rank has exited; "
+                     "the cause is the first error in the ranks' logs (a rank killed without a message shows only "
+                     "in the launcher's 'exits with return code' line: check the OOM killer (dmesg) or the "
+                     "scheduler)\n").encode())
+    hb = _state["hb"]
+    if hb is not None:
+        with contextlib.suppress(Exception):
+            hb.note("peer", "stopped by SIGTERM", wait=0.5)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
